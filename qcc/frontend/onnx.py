@@ -1,0 +1,511 @@
+"""ONNX / QONNX models into qcc's IR; the only module that reads ONNX protobufs.
+
+The importer checks the model with onnx's checker and shape inference, binds a dynamic
+batch dimension, turns initializers and ``Constant`` nodes into constant tensors (an
+input that has an initializer is a constant with a default, as Brevitas exports them),
+and converts each node through one table, ``CONVERTERS``. Quantizer parameters (scale,
+zero point, bit width) must be constants; they become attributes. Shapes are derived by
+running each converted node through the IR interpreter on zeros, so shape rules are
+written once, in :mod:`qcc.ir.interp`.
+
+Anything the table does not cover raises :class:`QccError` with the node, the op and
+what is supported.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from qcc.errors import QccError
+from qcc.ir import interp
+from qcc.ir.graph import Graph, Node, Tensor
+from qcc.ir.ops import (BatchNormAttrs, BipolarQuantAttrs, ClipAttrs, ConvAttrs, FlattenAttrs,
+                        MultiThresholdAttrs, PoolAttrs, QuantAttrs, ReshapeAttrs, SoftmaxAttrs,
+                        TransposeAttrs, TruncAttrs)
+
+QONNX_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general")
+STANDARD_DOMAINS = ("", "ai.onnx")
+MAX_MODEL_BYTES = 2 << 30
+
+
+def load_model(source) -> onnx.ModelProto:
+    """Read a model from a path, bytes or a ModelProto, with one-line errors for bad files."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    if isinstance(source, (bytes, bytearray)):
+        data, where = bytes(source), "<bytes>"
+    else:
+        where = os.fspath(source)
+        if not os.path.exists(where):
+            raise QccError(f"{where}: no such file")
+        if os.path.isdir(where):
+            raise QccError(f"{where}: is a directory, expected an .onnx file")
+        if os.path.getsize(where) > MAX_MODEL_BYTES:
+            raise QccError(f"{where}: larger than 2 GiB; external-data models are not supported")
+        with open(where, "rb") as f:
+            data = f.read()
+    if not data:
+        raise QccError(f"{where}: empty file, expected an ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise QccError(f"{where}: not a valid ONNX protobuf ({type(e).__name__}); truncated or not an ONNX file?")
+    if not model.graph.node and not model.graph.output:
+        raise QccError(f"{where}: parses as protobuf but holds no ONNX graph; not an ONNX file?")
+    return model
+
+
+def _check(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise QccError(f"the ONNX checker rejects the model: {str(e).splitlines()[0]}")
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False)
+    except Exception as e:
+        raise QccError(f"ONNX shape inference fails: {str(e).splitlines()[0]}")
+
+
+# ---- the conversion context -----------------------------------------------------------
+
+@dataclass
+class _Ctx:
+    """Conversion state: constants, aliases, emitted IR nodes, and example values (zeros)
+    of every computed tensor, from which shapes are read."""
+
+    consts: dict[str, np.ndarray]
+    example: dict[str, np.ndarray]
+    alias: dict[str, str] = field(default_factory=dict)
+    nodes: list[Node] = field(default_factory=list)
+    extra_consts: dict[str, np.ndarray] = field(default_factory=dict)
+    derived: set[str] = field(default_factory=set)  # computed from constants only
+
+    def name(self, t: str) -> str:
+        while t in self.alias:
+            t = self.alias[t]
+        return t
+
+    def const(self, node, index: int, what: str, required: bool = True) -> np.ndarray | None:
+        if index >= len(node.input) or not node.input[index]:
+            if required:
+                raise QccError(f"missing input '{what}'", node=node.name, op=node.op_type)
+            return None
+        t = self.name(node.input[index])
+        if t in self.consts:
+            return self.consts[t]
+        if t in self.extra_consts:
+            return self.extra_consts[t]
+        if t in self.derived:
+            return self.example[t]
+        raise QccError(f"input '{what}' ({t}) must be a constant (an initializer)", node=node.name, op=node.op_type)
+
+    def emit(self, op: str, node, inputs, attrs=None, outputs=None, name=None) -> None:
+        ins = tuple(self.name(i) if i else "" for i in inputs)
+        self.nodes.append(Node(op, ins, tuple(outputs or node.output[:1]), attrs, name or node.name))
+        self.infer_last()
+
+    def shape(self, t: str) -> tuple[int, ...]:
+        t = self.name(t)
+        if t in self.consts:
+            return tuple(self.consts[t].shape)
+        if t in self.extra_consts:
+            return tuple(self.extra_consts[t].shape)
+        if t not in self.example:
+            raise QccError(f"tensor '{t}' is used before it is produced (graph not topologically sorted, a cycle, or a dangling input)")
+        return tuple(self.example[t].shape)
+
+    def is_const(self, t: str) -> bool:
+        t = self.name(t)
+        return t in self.consts or t in self.extra_consts or t in self.derived
+
+    def infer_last(self) -> None:
+        n = self.nodes[-1]
+        env = {}
+        for i in n.inputs:
+            if not i:
+                continue
+            if i in self.consts:
+                env[i] = self.consts[i]
+            elif i in self.extra_consts:
+                env[i] = self.extra_consts[i]
+            elif i in self.example:
+                env[i] = self.example[i]
+            else:
+                raise QccError(f"input '{i}' is never produced (a cycle or a dangling input)", node=n.name, op=n.op)
+        try:
+            outs = interp.run_node(n, env)
+        except QccError:
+            raise
+        except Exception as e:
+            raise QccError(f"cannot be evaluated on its input shapes "
+                           f"{[list(env[i].shape) for i in n.inputs if i]}: {e}", node=n.name, op=n.op)
+        self.example.update(zip(n.outputs, outs))
+        if all(self.is_const(i) for i in n.inputs if i):
+            self.derived.update(n.outputs)
+
+
+def _attrs(node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _refuse(node, what: str):
+    raise QccError(what, node=node.name, op=node.op_type)
+
+
+def _only(node, a: dict, allowed: set[str]) -> None:
+    extra = sorted(set(a) - allowed)
+    if extra:
+        _refuse(node, f"attribute(s) {extra} not supported; supported: {sorted(allowed)}")
+
+
+def _pads2d(node, a: dict) -> tuple[int, int, int, int]:
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto not in ("NOTSET", "VALID"):
+        _refuse(node, f"auto_pad={auto} is not supported; give explicit pads (NOTSET) or VALID")
+    p = list(a.get("pads", [0, 0, 0, 0]))
+    if len(p) != 4:
+        _refuse(node, f"only 2-D spatial ops are supported (pads has {len(p)} entries)")
+    if min(p) < 0:
+        _refuse(node, f"negative pads {p} are not supported")
+    return (p[0], p[1], p[2], p[3])
+
+
+def _conv(ctx: _Ctx, node) -> None:
+    a = _attrs(node)
+    _only(node, a, {"kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"})
+    w_shape = ctx.shape(node.input[1])
+    if len(w_shape) != 4:
+        _refuse(node, f"only 2-D convolutions are supported (weight rank {len(w_shape)})")
+    kernel = tuple(a.get("kernel_shape", w_shape[2:]))
+    dil = tuple(a.get("dilations", (1, 1)))
+    if dil != (1, 1):
+        _refuse(node, f"dilations={list(dil)} are not supported; only dilation 1")
+    group = int(a.get("group", 1))
+    attrs = ConvAttrs(kernel=kernel, strides=tuple(a.get("strides", (1, 1))),
+                      pads=_pads2d(node, a), dilations=dil, group=group)
+    ctx.emit("Conv", node, list(node.input[:3]), attrs)
+
+
+def _gemm(ctx: _Ctx, node) -> None:
+    a = _attrs(node)
+    _only(node, a, {"alpha", "beta", "transA", "transB"})
+    if a.get("transA", 0):
+        _refuse(node, "transA=1 is not supported; only transA=0")
+    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+    w = node.input[1]
+    if not a.get("transB", 0):
+        w = _transpose_weight(ctx, node, w)
+    inputs = [node.input[0], w]
+    if len(node.input) > 2 and node.input[2]:
+        c = ctx.const(node, 2, "C")
+        if beta != 1.0:
+            c = (c * np.float32(beta)).astype(np.float32)
+        inputs.append(_new_const(ctx, node.name + "_C", c))
+    out = node.output[0]
+    if alpha != 1.0:
+        raw = node.output[0] + "_noalpha"
+        ctx.emit("Gemm", node, inputs, None, outputs=[raw])
+        ctx.emit("Mul", node, [raw, _new_const(ctx, node.name + "_alpha", np.float32(alpha))], outputs=[out])
+    else:
+        ctx.emit("Gemm", node, inputs)
+
+
+def _matmul(ctx: _Ctx, node) -> None:
+    if len(ctx.shape(node.input[0])) != 2 or len(ctx.shape(node.input[1])) != 2:
+        _refuse(node, "only MatMul of a 2-D activation by a 2-D constant weight is supported")
+    ctx.emit("Gemm", node, [node.input[0], _transpose_weight(ctx, node, node.input[1])])
+
+
+def _transpose_weight(ctx: _Ctx, node, w: str) -> str:
+    t = w + "_T"
+    ctx.emit("Transpose", node, [w], TransposeAttrs((1, 0)), outputs=[t], name=node.name + "_wT")
+    return t
+
+
+def _new_const(ctx: _Ctx, name: str, value) -> str:
+    ctx.extra_consts[name] = np.asarray(value, dtype=np.float32)
+    return name
+
+
+def _batchnorm(ctx: _Ctx, node) -> None:
+    a = _attrs(node)
+    _only(node, a, {"epsilon", "momentum", "training_mode", "spatial"})
+    if a.get("training_mode", 0):
+        _refuse(node, "training_mode=1 is not supported; export the model in eval mode")
+    if len(node.output) > 1 and any(node.output[1:]):
+        _refuse(node, "running-statistics outputs are not supported; export in eval mode")
+    vals = [ctx.const(node, i, n).astype(np.float32) for i, n in enumerate(("scale", "B", "mean", "var"), 1)]
+    ctx.emit("BatchNormalization", node, node.input[:1], BatchNormAttrs(*vals, eps=float(a.get("epsilon", 1e-5))))
+
+
+def _clip(ctx: _Ctx, node) -> None:
+    a = _attrs(node)
+    lo = ctx.const(node, 1, "min", required=False)
+    hi = ctx.const(node, 2, "max", required=False)
+    lo = float(a.get("min", -np.inf)) if lo is None else float(lo)
+    hi = float(a.get("max", np.inf)) if hi is None else float(hi)
+    ctx.emit("Clip", node, node.input[:1], ClipAttrs(lo, hi))
+
+
+def _pool(kind: str):
+    def convert(ctx: _Ctx, node) -> None:
+        a = _attrs(node)
+        _only(node, a, {"kernel_shape", "strides", "pads", "ceil_mode", "count_include_pad",
+                        "auto_pad", "dilations", "storage_order"})
+        if len(node.output) > 1 and node.output[1]:
+            _refuse(node, "the Indices output is not supported")
+        if tuple(a.get("dilations", (1, 1))) != (1, 1):
+            _refuse(node, "dilated pooling is not supported")
+        k = tuple(a["kernel_shape"])
+        if len(k) != 2:
+            _refuse(node, "only 2-D pooling is supported")
+        attrs = PoolAttrs(kind, k, tuple(a.get("strides", (1, 1))), _pads2d(node, a),
+                          bool(a.get("ceil_mode", 0)), bool(a.get("count_include_pad", 0)))
+        ctx.emit("Pool", node, node.input[:1], attrs)
+    return convert
+
+
+def _global_pool(kind: str):
+    def convert(ctx: _Ctx, node) -> None:
+        shape = ctx.shape(node.input[0])
+        if len(shape) != 4:
+            _refuse(node, "only 4-D (NCHW) inputs are supported")
+        ctx.emit("Pool", node, node.input[:1], PoolAttrs(kind, (shape[2], shape[3]), (1, 1)))
+    return convert
+
+
+def _flatten(ctx: _Ctx, node) -> None:
+    ctx.emit("Flatten", node, node.input[:1], FlattenAttrs(int(_attrs(node).get("axis", 1))))
+
+
+def _reshape(ctx: _Ctx, node) -> None:
+    target = [int(v) for v in ctx.const(node, 1, "shape")]
+    in_shape = ctx.shape(node.input[0])
+    if _attrs(node).get("allowzero", 0) and 0 in target:
+        _refuse(node, "allowzero=1 with a 0 in the shape is not supported")
+    out = [in_shape[i] if v == 0 else v for i, v in enumerate(target)]
+    if -1 in out:
+        known = int(np.prod([v for v in out if v != -1]))
+        out[out.index(-1)] = int(np.prod(in_shape)) // max(known, 1)
+    if int(np.prod(out)) != int(np.prod(in_shape)):
+        _refuse(node, f"cannot reshape {list(in_shape)} to {target}")
+    ctx.emit("Reshape", node, node.input[:1], ReshapeAttrs(tuple(out)))
+
+
+def _transpose(ctx: _Ctx, node) -> None:
+    shape = ctx.shape(node.input[0])
+    perm = tuple(_attrs(node).get("perm", tuple(reversed(range(len(shape))))))
+    moved = [d for d in perm if shape[d] != 1]
+    if moved != sorted(moved) and not ctx.is_const(node.input[0]):
+        _refuse(node, f"Transpose perm={list(perm)} moves data; only transposes that leave the memory "
+                      f"order unchanged (permuting size-1 axes) are supported")
+    ctx.emit("Transpose", node, node.input[:1], TransposeAttrs(perm))
+
+
+def _softmax(ctx: _Ctx, node) -> None:
+    axis = int(_attrs(node).get("axis", -1))
+    rank = len(ctx.shape(node.input[0]))
+    if axis % rank != rank - 1:
+        _refuse(node, f"Softmax over axis {axis} is not supported; only the last axis")
+    ctx.emit("Softmax", node, node.input[:1], SoftmaxAttrs(-1))
+
+
+def _binary(op: str):
+    def convert(ctx: _Ctx, node) -> None:
+        if not (ctx.is_const(node.input[0]) or ctx.is_const(node.input[1])):
+            _refuse(node, f"{op} of two computed tensors is not supported yet; one operand must be a constant")
+        ctx.emit(op, node, node.input[:2])
+    return convert
+
+
+def _unary(op: str):
+    def convert(ctx: _Ctx, node) -> None:
+        ctx.emit(op, node, node.input[:1])
+    return convert
+
+
+def _alias(ctx: _Ctx, node) -> None:
+    ctx.alias[node.output[0]] = ctx.name(node.input[0])
+
+
+def _scalar_int(ctx, node, i, what) -> int:
+    v = ctx.const(node, i, what)
+    if v.size != 1 or float(v.reshape(-1)[0]) != int(v.reshape(-1)[0]):
+        _refuse(node, f"'{what}' must be one integer, got {v.reshape(-1)[:4].tolist()}")
+    return int(v.reshape(-1)[0])
+
+
+def _str(a: dict, key: str, default: str) -> str:
+    v = a.get(key, default)
+    return (v.decode() if isinstance(v, bytes) else str(v)).upper()
+
+
+ROUNDING_MODES = ("ROUND", "HALF_EVEN", "CEIL", "FLOOR", "UP", "DOWN", "HALF_UP", "HALF_DOWN")
+
+
+def _rounding(node, a: dict, default: str) -> str:
+    mode = _str(a, "rounding_mode", default)
+    if mode not in ROUNDING_MODES:
+        _refuse(node, f"rounding_mode={mode} is not supported; supported: {list(ROUNDING_MODES)}")
+    return "ROUND" if mode == "HALF_EVEN" else mode
+
+
+def _quant(ctx: _Ctx, node) -> None:
+    a = _attrs(node)
+    bits = _scalar_int(ctx, node, 3, "bitwidth")
+    if not 1 <= bits <= 16:
+        _refuse(node, f"bit width {bits} is not supported; supported: 1..16")
+    attrs = QuantAttrs(scale=ctx.const(node, 1, "scale").astype(np.float32),
+                       zero=ctx.const(node, 2, "zeropt").astype(np.float32), bits=bits,
+                       signed=bool(a.get("signed", 1)), narrow=bool(a.get("narrow", 0)),
+                       rounding=_rounding(node, a, "ROUND"))
+    _check_scale(node, attrs.scale)
+    ctx.emit("Quant", node, node.input[:1], attrs)
+
+
+def _check_scale(node, scale: np.ndarray) -> None:
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        _refuse(node, "scale must be finite and > 0")
+
+
+def _bipolar(ctx: _Ctx, node) -> None:
+    scale = ctx.const(node, 1, "scale").astype(np.float32)
+    _check_scale(node, scale)
+    ctx.emit("BipolarQuant", node, node.input[:1], BipolarQuantAttrs(scale))
+
+
+def _multithreshold(ctx: _Ctx, node) -> None:
+    a = _attrs(node)
+    thr = ctx.const(node, 1, "thresholds").astype(np.float32)
+    if thr.ndim != 2:
+        _refuse(node, f"thresholds must be 2-D (C, steps), got shape {list(thr.shape)}")
+    if np.any(np.isnan(thr)):
+        _refuse(node, "thresholds contain NaN")
+    layout = _str(a, "data_layout", "NCHW")
+    attrs = MultiThresholdAttrs(thr, float(a.get("out_scale", 1.0)), float(a.get("out_bias", 0.0)),
+                                channels_last=layout.endswith("C"))
+    ctx.emit("MultiThreshold", node, node.input[:1], attrs)
+
+
+def _trunc(ctx: _Ctx, node) -> None:
+    a = _attrs(node)
+    v2 = len(node.input) >= 6
+    attrs = TruncAttrs(scale=ctx.const(node, 1, "scale").astype(np.float32),
+                       zero=ctx.const(node, 2, "zeropt").astype(np.float32),
+                       in_bits=_scalar_int(ctx, node, 3, "input_bit_width"),
+                       out_bits=_scalar_int(ctx, node, 5 if v2 else 4, "output_bit_width"),
+                       out_scale=ctx.const(node, 4, "output_scale").astype(np.float32) if v2 else None,
+                       signed=bool(a.get("signed", 1)), narrow=bool(a.get("narrow", 0)),
+                       rounding=_rounding(node, a, "FLOOR"))
+    ctx.emit("Trunc", node, node.input[:1], attrs)
+
+
+STANDARD: dict[str, Callable] = {
+    "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "BatchNormalization": _batchnorm,
+    "Relu": _unary("Relu"), "Sign": _unary("Sign"), "Clip": _clip,
+    "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
+    "GlobalAveragePool": _global_pool("avg"), "GlobalMaxPool": _global_pool("max"),
+    "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Softmax": _softmax,
+    "Add": _binary("Add"), "Sub": _binary("Sub"), "Mul": _binary("Mul"), "Div": _binary("Div"),
+    "Identity": _alias, "Dropout": _alias,
+}
+QONNX: dict[str, Callable] = {
+    "Quant": _quant, "IntQuant": _quant, "BipolarQuant": _bipolar,
+    "MultiThreshold": _multithreshold, "Trunc": _trunc,
+}
+
+
+def _dims(vi, batch: int, where: str) -> tuple[int, ...]:
+    t = vi.type.tensor_type
+    if vi.type.WhichOneof("value") != "tensor_type":
+        raise QccError(f"{where} '{vi.name}' is not a tensor")
+    dims = []
+    for i, d in enumerate(t.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif i == 0:
+            dims.append(batch)  # dynamic batch: bind it
+        else:
+            raise QccError(f"{where} '{vi.name}' has a dynamic or invalid dimension {i}; only the batch dimension may be dynamic")
+    return tuple(dims)
+
+
+def import_model(source, batch: int = 1) -> Graph:
+    """Convert an ONNX/QONNX model (path, bytes or ModelProto) into an IR graph."""
+    model = _check(load_model(source))
+    g = model.graph
+    for op in model.opset_import:
+        if op.domain in STANDARD_DOMAINS and op.version < 7:
+            raise QccError(f"opset {op.version} is too old; qcc supports ONNX opset 7 and newer")
+    consts: dict[str, np.ndarray] = {}
+    for init in g.initializer:
+        try:
+            consts[init.name] = numpy_helper.to_array(init)
+        except Exception as e:
+            raise QccError(f"initializer '{init.name}' cannot be read: {e}")
+    for n in g.node:
+        if n.op_type == "Constant" and n.domain in STANDARD_DOMAINS:
+            a = _attrs(n)
+            if "value" not in a:
+                _refuse(n, "only Constant nodes with a 'value' tensor are supported")
+            consts[n.output[0]] = numpy_helper.to_array(a["value"])
+    for name, arr in consts.items():
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise QccError(f"initializer '{name}' contains NaN or Inf")
+
+    inputs = [vi for vi in g.input if vi.name not in consts]
+    if not inputs:
+        raise QccError("the model has no inputs (every graph input has an initializer)")
+    example = {}
+    for vi in inputs:
+        if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise QccError(f"input '{vi.name}' has type "
+                           f"{onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)}; only float32 inputs are supported")
+        example[vi.name] = np.zeros(_dims(vi, batch, "input"), np.float32)
+
+    ctx = _Ctx(consts, example)
+    for n in g.node:
+        if n.op_type == "Constant" and n.domain in STANDARD_DOMAINS:
+            continue
+        table = STANDARD if n.domain in STANDARD_DOMAINS else QONNX if n.domain in QONNX_DOMAINS else None
+        if table is None:
+            raise QccError(f"domain '{n.domain}' is not supported; supported: the standard ONNX domain and "
+                           f"QONNX ({', '.join(QONNX_DOMAINS)})", node=n.name, op=n.op_type)
+        convert = table.get(n.op_type)
+        if convert is None:
+            raise QccError(f"op '{n.op_type}' is not supported; supported: {', '.join(sorted(table))}",
+                           node=n.name, op=n.op_type)
+        for i in n.input:
+            if i and ctx.name(i) not in consts and ctx.name(i) not in ctx.extra_consts and ctx.name(i) not in ctx.example:
+                raise QccError(f"input '{i}' is never produced before this node (cycle, unsorted graph or dangling input)",
+                               node=n.name, op=n.op_type)
+        convert(ctx, n)
+
+    outputs = []
+    for vi in g.output:
+        name = ctx.name(vi.name)
+        if name not in ctx.example:
+            raise QccError(f"output '{vi.name}' is a constant or is never produced")
+        outputs.append(name)
+
+    tensors: dict[str, Tensor] = {}
+    for name, arr in ctx.example.items():
+        tensors[name] = Tensor(name, tuple(arr.shape), "f32", layout=_layout(arr.ndim))
+    for name, arr in {**consts, **ctx.extra_consts}.items():
+        tensors[name] = Tensor(name, tuple(arr.shape), "f32", data=np.asarray(arr))
+    names = {vi.name: ctx.name(vi.name) for vi in g.output}
+    graph = Graph(tuple(ctx.nodes), tensors, tuple(vi.name for vi in inputs), tuple(outputs),
+                  meta={"source": model.graph.name or "model", "output_names": names,
+                        "producer": f"{model.producer_name} {model.producer_version}".strip()})
+    return graph.rewrite(graph.nodes)
+
+
+def _layout(rank: int) -> str:
+    return {2: "NC", 4: "NCHW"}.get(rank, "")

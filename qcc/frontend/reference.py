@@ -256,6 +256,15 @@ def _convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
                        f"({err}); re-export it with opset {_MIN_OPSET}..{_MAX_OPSET}") from err
 
 
+def _subgraph_nodes(node: onnx.NodeProto):
+    """Nodes of the subgraphs (If/Loop/Scan bodies) of ``node``, recursively."""
+    for a in node.attribute:
+        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            for n in g.node:
+                yield n
+                yield from _subgraph_nodes(n)
+
+
 def _unsupported(node: onnx.NodeProto) -> QccError:
     return QccError(
         f"unsupported custom op '{node.op_type}' in domain '{node.domain}'; supported QONNX ops "
@@ -276,8 +285,12 @@ def to_reference(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         if node.domain in _STANDARD_DOMAINS:
+            if inner := next((n for n in _subgraph_nodes(node) if n.domain not in _STANDARD_DOMAINS), None):
+                raise QccError(f"custom op '{inner.op_type}' (domain '{inner.domain}') inside a control-flow "
+                               "subgraph is not supported", node=node.name or node.output[0], op=node.op_type)
             nodes.append(onnx.NodeProto())
             nodes[-1].CopyFrom(node)
+            nodes[-1].domain = ""  # "ai.onnx" is the default domain; only "" is imported below
             continue
         rewrite = _REWRITES.get(node.op_type) if node.domain in QONNX_DOMAINS else None
         if rewrite is None:
@@ -290,9 +303,9 @@ def to_reference(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.node.extend(nodes)
 
     init_names = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in init_names]
-    graph.ClearField("input")
-    graph.input.extend(inputs)
+    for i in reversed(range(len(graph.input))):  # Brevitas lists every initializer as an input too
+        if graph.input[i].name in init_names:
+            del graph.input[i]
 
     version = _default_opset(out) or _MIN_OPSET
     out.ClearField("opset_import")
@@ -317,7 +330,8 @@ def expose_all(model: onnx.ModelProto) -> onnx.ModelProto:
         for name in node.output:
             if name and name not in listed:
                 listed.add(name)
-                out.graph.output.append(known.get(name) or helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+                out.graph.output.append(known[name] if name in known
+                                        else helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     return out
 
 

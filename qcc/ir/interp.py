@@ -165,6 +165,13 @@ def _flatten(n: Node, x):
     return x.reshape(int(np.prod(x.shape[:ax], dtype=np.int64)), -1)
 
 
+def _reshape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Reshape with axis 0 as the batch: a graph bound to batch 1 runs on any batch."""
+    if shape and x.shape and shape[0] != x.shape[0]:
+        return x.reshape((x.shape[0],) + tuple(shape[1:]))
+    return x.reshape(shape)
+
+
 def _softmax(n: Node, x):
     e = np.exp((x - x.max(axis=-1, keepdims=True)).astype(F32))
     return (e / e.sum(axis=-1, keepdims=True)).astype(F32)
@@ -186,7 +193,7 @@ MODEL_OPS: dict[str, Callable] = {
     "Clip": lambda n, x: np.clip(x, F32(n.attrs.lo), F32(n.attrs.hi)).astype(F32),
     "Pool": lambda n, x: pool2d(x, n.attrs),
     "Flatten": _flatten,
-    "Reshape": lambda n, x: x.reshape(n.attrs.shape),
+    "Reshape": lambda n, x: _reshape(x, n.attrs.shape),
     "Transpose": lambda n, x: np.transpose(x, n.attrs.perm),
     "Softmax": _softmax,
     "Add": _arith(np.add), "Sub": _arith(np.subtract), "Mul": _arith(np.multiply), "Div": _arith(np.divide),

@@ -172,7 +172,16 @@ class LayerAttrs:
     mul: np.ndarray | None = field(default=None, compare=False)
     bias: np.ndarray | None = field(default=None, compare=False)
     thr: ThresholdAttrs | None = None
+    out_bits: bool = False  # thresholds write packed bipolar bits (else float levels)
     source: str = ""  # the ONNX nodes this layer came from, for comments
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[3] * self.conv.group
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
 
 
 @dataclass(frozen=True)
@@ -204,6 +213,7 @@ class QuantizeAttrs:
     clamp: tuple[float, float] = (0.0, 0.0)
     rounding: str = "ROUND"
     thresholds: np.ndarray | None = field(default=None, compare=False)
+    out_bits: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,302 @@
+"""Model ops to kernel ops: NHWC storage, bit packing, fused layers.
+
+Every tensor gets a storage. Bipolar levels are ``bits`` (channels packed 64 to a word);
+other levels are float32 holding the integer levels; values are float32. 4-D tensors
+become NHWC: a graph input is transposed once on entry and a 4-D output once on exit.
+
+A layer is ``IntConv`` with its output transform fused:
+
+* ``IntConv -> Threshold``: thresholds on the exact accumulator, written as packed bits
+  (bipolar) or float levels; never a float round trip;
+* ``IntConv -> Mul(m) [-> Add(b)]``: ``float(acc) * m[c] + b[c]`` for a float reader.
+
+``bits x bits`` layers use XNOR-popcount (zero padding is corrected exactly by the
+kernel); every other operand pair runs the float kernel on the levels, which is exact
+while the accumulator stays below 2^24 (checked here). A plain float ``Conv`` runs the
+float kernel on values. Chains of elementwise float ops become one ``ew`` kernel; max
+pooling on bits is an OR.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from qcc.errors import QccError
+from qcc.ir.graph import Graph, Node, Tensor
+from qcc.ir.ops import (EwAttrs, EwStep, LayerAttrs, PoolAttrs, QuantizeAttrs, ReshapeAttrs,
+                        TransposeAttrs)
+from qcc.ir.quant import QuantSpec
+from qcc.passes.base import PassResult, prune
+
+EXACT_F32 = 1 << 24
+TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def lower(graph: Graph) -> PassResult:
+    low = _Lowering(graph)
+    for n in graph.nodes:
+        if n.name + "|" + n.outputs[0] in low.fused:
+            continue
+        handler = _HANDLERS.get(n.op)
+        if handler is None:
+            raise QccError(f"op '{n.op}' has no kernel yet; supported after lowering: {', '.join(sorted(_HANDLERS))}",
+                           node=n.name, op=n.op)
+        handler(low, n)
+    outs = [low.output(o) for o in graph.outputs]
+    g = Graph(tuple(low.nodes), low.tensors, graph.inputs, tuple(outs), graph.name, dict(graph.meta))
+    return PassResult(prune(g), True)
+
+
+class _Lowering:
+    def __init__(self, graph: Graph):
+        self.g = graph
+        self.nodes: list[Node] = []
+        self.tensors: dict[str, Tensor] = {}
+        self.phys: dict[str, str] = {}
+        self.fused: set[str] = set()
+        self.taken: set[str] = set()
+        for name in graph.inputs:
+            t = graph.tensors[name]
+            self.tensors[name] = t
+            self.phys[name] = self.to_nhwc(name, t, name) if len(t.shape) == 4 else name
+
+    # ---- tensors ------------------------------------------------------------------------
+    def new(self, base: str, shape, dtype="f32", quant=None, layout="") -> str:
+        name, i = base, 0
+        while name in self.tensors:
+            i += 1
+            name = f"{base}_{i}"
+        self.tensors[name] = Tensor(name, tuple(shape), dtype, quant=quant, layout=layout)
+        return name
+
+    def emit(self, op: str, inputs, out: str, attrs, name: str) -> str:
+        self.nodes.append(Node(op, tuple(inputs), (out,), attrs, name))
+        return out
+
+    def t(self, name: str) -> Tensor:
+        return self.tensors[self.phys[name]]
+
+    def to_nhwc(self, name: str, t: Tensor, node_name: str) -> str:
+        n, c, h, w = t.shape
+        out = self.new(name + "__nhwc", (n, h, w, c), layout="NHWC")
+        if c == 1 or h * w == 1:
+            return self.emit("reshape", [name], out, ReshapeAttrs((n, h, w, c)), node_name)
+        return self.emit("transpose", [name], out, TransposeAttrs(TO_NHWC), node_name)
+
+    def spec_for(self, ir_name: str) -> QuantSpec:
+        q = self.g.tensors[ir_name].quant
+        return q.with_scale(q.scale.reshape(-1) if q.per_channel else q.scale.reshape(()))
+
+    def phys_shape(self, ir_name: str) -> tuple[int, ...]:
+        s = self.g.tensors[ir_name].shape
+        return (s[0], s[2], s[3], s[1]) if len(s) == 4 else s
+
+    def layout(self, ir_name: str) -> str:
+        return "NHWC" if len(self.g.tensors[ir_name].shape) == 4 else "NC"
+
+    # ---- storage conversions ---------------------------------------------------------
+    def values(self, ir_name: str, node_name: str) -> str:
+        """A float32 tensor of real values for IR tensor ``ir_name``."""
+        p = self.phys[ir_name]
+        t = self.tensors[p]
+        if t.quant is None:
+            return p
+        out = self.new(ir_name + "__values", t.shape, layout=t.layout)
+        c = t.shape[-1]
+        if t.dtype == "bits":
+            return self.emit("unpack", [p], out, t.quant.channel_scale(c), node_name)
+        return self.emit("ew", [p], out, EwAttrs((EwStep("mul", _vec(t.quant.scale)),), node_name), node_name)
+
+    def float_levels(self, p: str, node_name: str) -> str:
+        t = self.tensors[p]
+        if t.dtype != "bits":
+            return p
+        out = self.new(p + "__f32", t.shape, quant=t.quant, layout=t.layout)
+        return self.emit("unpack", [p], out, np.ones(t.shape[-1], np.float32), node_name)
+
+    def output(self, ir_name: str) -> str:
+        p = self.values(ir_name, ir_name)
+        t = self.tensors[p]
+        if t.layout == "NHWC":
+            n, h, w, c = t.shape
+            out = self.new(ir_name + "__nchw", (n, c, h, w), layout="NCHW")
+            op, attrs = ("reshape", ReshapeAttrs((n, c, h, w))) if c == 1 or h * w == 1 else ("transpose", TransposeAttrs(TO_NCHW))
+            p = self.emit(op, [p], out, attrs, ir_name)
+        return p
+
+
+def _vec(a) -> np.ndarray:
+    a = np.asarray(a, np.float32)
+    return a.reshape(-1) if a.size > 1 else a.reshape(())
+
+
+# ---- handlers ---------------------------------------------------------------------------
+
+def _quantizer(low: _Lowering, n: Node) -> None:
+    if not n.attrs.codes:
+        raise QccError("a quantizer whose values feed float ops directly has no kernel yet", node=n.name, op=n.op)
+    spec = low.spec_for(n.outputs[0])
+    x = low.values(n.inputs[0], n.name)
+    if n.op == "BipolarQuant":
+        attrs = QuantizeAttrs("sign", spec)
+    elif n.op == "MultiThreshold":
+        attrs = QuantizeAttrs("thresholds", spec, thresholds=n.attrs.thresholds.astype(np.float32))
+    else:
+        a = n.attrs
+        attrs = QuantizeAttrs("round", spec, scale=_vec(a.scale), zero=_vec(a.zero),
+                              clamp=tuple(float(v) for v in a.int_range), rounding=a.rounding)
+    bits = spec.bipolar
+    attrs = dataclasses.replace(attrs, out_bits=bits)
+    out = low.new(n.outputs[0], low.phys_shape(n.outputs[0]), "bits" if bits else "f32", spec, low.layout(n.outputs[0]))
+    low.phys[n.outputs[0]] = low.emit("quantize", [x], out, attrs, n.name)
+
+
+def _intconv(low: _Lowering, n: Node) -> None:
+    g = low.g
+    acc = n.outputs[0]
+    reader = g.sole_consumer(acc)
+    w_t = g.tensors[n.inputs[1]]
+    wl = np.transpose(w_t.data, (0, 2, 3, 1)).astype(np.int32)  # (Co, kh, kw, Ci/g)
+    x_spec = g.tensors[n.inputs[0]].quant
+    bound = int(x_spec.max_abs * np.abs(wl).reshape(wl.shape[0], -1).sum(axis=1).max())
+    xp = low.phys[n.inputs[0]]
+    binary = low.tensors[xp].dtype == "bits" and w_t.quant.bipolar and n.attrs.group == 1
+    if not binary:
+        if bound >= EXACT_F32:
+            raise QccError(f"the accumulator can reach {bound}, beyond float32's exact range (2^24); "
+                           f"wide integer kernels are not supported yet", node=n.name, op="Conv")
+        xp = low.float_levels(xp, n.name)
+    mul = bias = thr = None
+    out_name, out_bits, spec = None, False, None
+    if reader is not None and reader.op == "Threshold":
+        thr = reader.attrs
+        spec = low.spec_for(reader.outputs[0])
+        out_bits = spec.bipolar
+        out_name = reader.outputs[0]
+        low.fused.add(reader.name + "|" + reader.outputs[0])
+    elif reader is not None and reader.op == "Mul":
+        mul = g.const(reader.inputs[1]).reshape(-1).astype(np.float32)
+        out_name = reader.outputs[0]
+        low.fused.add(reader.name + "|" + out_name)
+        add = g.sole_consumer(out_name)
+        if add is not None and add.op == "Add" and g.tensors[add.inputs[1]].is_const:
+            bias = np.broadcast_to(g.const(add.inputs[1]).reshape(-1), mul.shape).astype(np.float32)
+            out_name = add.outputs[0]
+            low.fused.add(add.name + "|" + out_name)
+    else:
+        raise QccError("an integer accumulator must feed thresholds or one scale Mul", node=n.name, op="Conv")
+    attrs = LayerAttrs(n.attrs, wl, mul=mul, bias=bias, thr=thr, out_bits=out_bits, source=n.name)
+    out = low.new(out_name, low.phys_shape(out_name), "bits" if out_bits else "f32", spec, "NHWC")
+    low.phys[out_name] = low.emit("layer", [xp], out, attrs, n.name)
+
+
+def _conv(low: _Lowering, n: Node) -> None:
+    g = low.g
+    w = _const_value(g, n.inputs[1], n)
+    bias = _const_value(g, n.inputs[2], n).reshape(-1) if len(n.inputs) > 2 and n.inputs[2] else None
+    attrs = LayerAttrs(n.attrs, np.transpose(w, (0, 2, 3, 1)).astype(np.float32), bias=bias, source=n.name)
+    out = low.new(n.outputs[0], low.phys_shape(n.outputs[0]), layout="NHWC")
+    low.phys[n.outputs[0]] = low.emit("layer", [low.values(n.inputs[0], n.name)], out, attrs, n.name)
+
+
+def _const_value(g: Graph, name: str, n: Node) -> np.ndarray:
+    if g.tensors[name].is_const:
+        return g.const(name).astype(np.float32)
+    p = g.producer(name)
+    if p is not None and p.op == "Dequant" and g.tensors[p.inputs[0]].is_const:
+        return p.attrs.decode(g.const(p.inputs[0]))
+    raise QccError(f"weight '{name}' must be a constant", node=n.name, op=n.op)
+
+
+def _pool(low: _Lowering, n: Node) -> None:
+    a: PoolAttrs = n.attrs
+    p = low.phys[n.inputs[0]]
+    t = low.tensors[p]
+    if a.kind != "max":  # an average of levels is no level: pool the values
+        p = low.values(n.inputs[0], n.name)
+        t = low.tensors[p]
+    out = low.new(n.outputs[0], low.phys_shape(n.outputs[0]), t.dtype, t.quant, "NHWC")
+    low.phys[n.outputs[0]] = low.emit("pool", [p], out, a, n.name)
+
+
+def _dequant(low: _Lowering, n: Node) -> None:
+    low.phys[n.outputs[0]] = low.values(n.inputs[0], n.name)
+
+
+def _reshape(low: _Lowering, n: Node) -> None:
+    src, dst = low.g.tensors[n.inputs[0]].shape, low.g.tensors[n.outputs[0]].shape
+    p = low.phys[n.inputs[0]]
+    spatial = (len(src) == 4 and src[2] * src[3] > 1) or (len(dst) == 4 and dst[2] * dst[3] > 1)
+    if spatial:
+        if len(dst) == 4:
+            raise QccError(f"reshape {list(src)} -> {list(dst)} into spatial dims has no kernel yet", node=n.name, op=n.op)
+        p = _to_nchw(low, low.values(n.inputs[0], n.name), n.name)
+    t = low.tensors[p]
+    shape = low.phys_shape(n.outputs[0])
+    quant = t.quant
+    out = low.new(n.outputs[0], shape, t.dtype, quant, low.layout(n.outputs[0]))
+    low.phys[n.outputs[0]] = low.emit("reshape", [p], out, ReshapeAttrs(shape), n.name)
+
+
+def _to_nchw(low: _Lowering, p: str, name: str) -> str:
+    n_, h, w, c = low.tensors[p].shape
+    out = low.new(p + "__nchw", (n_, c, h, w), layout="NCHW")
+    return low.emit("transpose", [p], out, TransposeAttrs(TO_NCHW), name)
+
+
+EW_OPS = {"Add": ("add", "add"), "Sub": ("sub", "rsub"), "Mul": ("mul", "mul"), "Div": ("div", "rdiv")}
+
+
+def _steps(g: Graph, n: Node) -> list[EwStep]:
+    if n.op == "BatchNormalization":
+        a, b = n.attrs.affine()
+        return [EwStep("mul", _vec(a)), EwStep("add", _vec(b))]
+    if n.op == "Relu":
+        return [EwStep("max", np.float32(0))]
+    if n.op == "Clip":
+        return [EwStep("max", np.float32(n.attrs.lo)), EwStep("min", np.float32(n.attrs.hi))]
+    if n.op == "Sign":
+        return [EwStep("sign")]
+    first_const = g.tensors[n.inputs[0]].is_const
+    c = g.const(n.inputs[0] if first_const else n.inputs[1])
+    rank = len(g.tensors[n.outputs[0]].shape)
+    full = (1,) * (rank - c.ndim) + c.shape
+    if any(d != 1 for k, d in enumerate(full) if k != 1):
+        raise QccError(f"constant of shape {list(c.shape)} varies along more than the channel axis; "
+                       f"only scalars and per-channel constants are supported", node=n.name, op=n.op)
+    return [EwStep(EW_OPS[n.op][1 if first_const else 0], _vec(c))]
+
+
+def _elementwise(low: _Lowering, n: Node) -> None:
+    g = low.g
+    x = next(i for i in n.inputs if i and not g.tensors[i].is_const)
+    p = low.values(x, n.name)
+    steps = _steps(g, n)
+    prev = low.nodes[-1] if low.nodes else None
+    t = low.tensors[p]
+    if prev is not None and prev.op == "ew" and prev.outputs[0] == p and g.sole_consumer(x) is not None:
+        low.nodes[-1] = prev.with_(attrs=EwAttrs(prev.attrs.steps + tuple(steps), prev.attrs.source + ", " + n.name))
+        low.phys[n.outputs[0]] = p
+        return
+    out = low.new(n.outputs[0], t.shape, layout=t.layout)
+    low.phys[n.outputs[0]] = low.emit("ew", [p], out, EwAttrs(tuple(steps), n.name), n.name)
+
+
+def _softmax(low: _Lowering, n: Node) -> None:
+    p = low.values(n.inputs[0], n.name)
+    if low.tensors[p].layout == "NHWC":
+        p = _to_nchw(low, p, n.name)
+    t = low.tensors[p]
+    out = low.new(n.outputs[0], t.shape, layout=t.layout)
+    low.phys[n.outputs[0]] = low.emit("softmax", [p], out, n.attrs, n.name)
+
+
+_HANDLERS = {
+    "Quant": _quantizer, "BipolarQuant": _quantizer, "MultiThreshold": _quantizer,
+    "IntConv": _intconv, "Conv": _conv, "Pool": _pool, "Dequant": _dequant,
+    "Flatten": _reshape, "Reshape": _reshape, "Transpose": _reshape,
+    "BatchNormalization": _elementwise, "Relu": _elementwise, "Clip": _elementwise, "Sign": _elementwise,
+    "Add": _elementwise, "Sub": _elementwise, "Mul": _elementwise, "Div": _elementwise,
+    "Softmax": _softmax,
+}

@@ -1,0 +1,31 @@
+"""The passes, in order. Each is a pure function ``Graph -> PassResult``."""
+from __future__ import annotations
+
+from typing import Callable
+
+from qcc.ir.graph import Graph
+from qcc.ir.verify import verify
+from qcc.passes.base import PassResult
+from qcc.passes.fold_constants import fold_constants
+from qcc.passes.fold_thresholds import fold_thresholds
+from qcc.passes.gemm_to_conv import gemm_to_conv
+from qcc.passes.integer_conv import integer_conv
+from qcc.passes.lower import lower
+
+PASSES: tuple[Callable[[Graph], PassResult], ...] = (
+    fold_constants,
+    gemm_to_conv,
+    integer_conv,
+    fold_thresholds,
+    lower,
+)
+
+
+def run_passes(graph: Graph, upto: str | None = None) -> Graph:
+    """Run the pipeline (optionally stopping after the pass named ``upto``), verifying between passes."""
+    for p in PASSES:
+        graph = p(graph).graph
+        verify(graph, after=p.__name__)
+        if p.__name__ == upto:
+            break
+    return graph

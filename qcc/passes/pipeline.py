@@ -11,6 +11,7 @@ from qcc.passes.fold_thresholds import fold_thresholds
 from qcc.passes.gemm_to_conv import gemm_to_conv
 from qcc.passes.integer_conv import integer_conv
 from qcc.passes.lower import lower
+from qcc.passes.plan_memory import plan_memory
 
 PASSES: tuple[Callable[[Graph], PassResult], ...] = (
     fold_constants,
@@ -18,6 +19,7 @@ PASSES: tuple[Callable[[Graph], PassResult], ...] = (
     integer_conv,
     fold_thresholds,
     lower,
+    plan_memory,
 )
 
 

@@ -1,0 +1,64 @@
+"""The one list of kernel variants, and how a kernel op picks its variant.
+
+A variant is named for everything that specializes it, with one grammar for all:
+``qcc_<family>_<operands>_<MR>x<NR>__<isa>`` (scalar kernels are 1x1), for example
+``qcc_bgemm_pm1xpm1_bits_1x1__scalar``. The name is derived from the fields; ``KERNELS``
+is the only place a variant is declared, and tests iterate over it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    family: str      # template directory under kernels/
+    operands: str    # what it computes on, e.g. pm1xpm1_bits, f32, round_bits
+    isa: str = "scalar"
+    mr: int = 1
+    nr: int = 1
+    params: tuple[tuple[str, Any], ...] = ()  # template variables that select the variant
+
+    @property
+    def name(self) -> str:
+        return f"qcc_{self.family}_{self.operands}_{self.mr}x{self.nr}__{self.isa}"
+
+    @property
+    def template(self) -> str:
+        return f"{self.family}/{self.isa}.c.j2"
+
+    def variables(self) -> dict[str, Any]:
+        return dict(self.params, fn=self.name)
+
+
+def _k(family: str, operands: str, **params) -> KernelSpec:
+    return KernelSpec(family, operands, params=tuple(sorted(params.items())))
+
+
+KERNELS: tuple[KernelSpec, ...] = (
+    _k("transpose", "nchw2nhwc_f32", to_nhwc=True),
+    _k("transpose", "nhwc2nchw_f32", to_nhwc=False),
+    *(_k("quantize", f"{mode}_{out}", mode=mode, out=out)
+      for mode in ("round", "sign", "thr") for out in ("f32", "bits")),
+    _k("im2col", "b64"),
+    *(_k("bgemm", f"pm1xpm1_{out}", out=out, max_taps=256) for out in ("f32", "bits", "levels")),
+    *(_k("fconv", f"f32_{out}", out=out) for out in ("f32", "bits", "levels")),
+    _k("pool", "max_bits", kind="max", bits=True),
+    _k("pool", "max_f32", kind="max", bits=False),
+    _k("pool", "avg_f32", kind="avg", bits=False),
+    _k("unpack", "bits_f32"),
+    _k("softmax", "f32"),
+)
+BY_NAME = {k.name: k for k in KERNELS}
+
+
+def find(family: str, operands: str, isa: str = "scalar") -> KernelSpec:
+    """The declared variant for (family, operands, isa)."""
+    for k in KERNELS:
+        if (k.family, k.operands, k.isa) == (family, operands, isa):
+            return k
+    raise KeyError(f"no kernel variant {family}/{operands}/{isa}")

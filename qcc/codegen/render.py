@@ -1,0 +1,276 @@
+"""Lowered graph -> ``<name>.c`` and ``<name>.h`` through Jinja2 templates.
+
+Each kernel op becomes one call of a kernel variant (:mod:`qcc.codegen.kernels`) with its
+constants as ``static const`` arrays (they land in flash) and its geometry as a
+``static const`` struct; the arena offsets come from ``plan_memory``. Floats are written
+as C99 hex literals, so the C constants are the float32 values bit for bit.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+import qcc
+from qcc.codegen.kernels import KERNEL_DIR, KernelSpec, find
+from qcc.errors import QccError
+from qcc.ir.graph import Graph, Node
+from qcc.ir.kernels_ref import pack_bits, words
+
+RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+ROUNDING = {"ROUND": "QCC_ROUND", "CEIL": "QCC_CEIL", "FLOOR": "QCC_FLOOR", "UP": "QCC_UP",
+            "DOWN": "QCC_DOWN", "HALF_UP": "QCC_HALF_UP", "HALF_DOWN": "QCC_HALF_DOWN"}
+
+
+def cfloat(v) -> str:
+    f = float(np.float32(v))
+    if not np.isfinite(f):
+        raise QccError(f"non-finite constant {f} cannot be emitted")
+    return f"{f.hex()}f" if f != int(f) or abs(f) >= 1 << 24 else f"{int(f)}.0f"
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader([str(KERNEL_DIR), str(RUNTIME_DIR)]),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.filters["cfloat"] = cfloat
+    return env
+
+
+@dataclass
+class Array:
+    name: str
+    ctype: str
+    values: list[str]
+    comment: str = ""
+
+
+@dataclass
+class Call:
+    comment: str
+    lines: list[str]
+
+
+@dataclass
+class Unit:
+    """Everything model.c needs, gathered from the graph."""
+
+    name: str
+    arrays: list[Array] = field(default_factory=list)
+    structs: list[str] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    kernels: dict[str, KernelSpec] = field(default_factory=dict)
+
+    def array(self, name: str, ctype: str, data: np.ndarray, comment: str = "") -> str:
+        flat = np.asarray(data).reshape(-1)
+        if ctype == "float":
+            vals = [cfloat(v) for v in flat]
+        elif ctype == "uint64_t":
+            vals = [f"0x{int(v):016x}u" for v in flat]
+        else:
+            vals = [str(int(v)) for v in flat]
+        self.arrays.append(Array(name, ctype, vals or ["0"], comment))
+        return name
+
+    def use(self, spec: KernelSpec) -> str:
+        self.kernels[spec.name] = spec
+        return spec.name
+
+
+def c_ident(s: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_]", "_", s)
+    return s if re.match(r"[A-Za-z_]", s) else "_" + s
+
+
+# ---- pointers ------------------------------------------------------------------------
+
+class _Ptr:
+    def __init__(self, graph: Graph):
+        self.g = graph
+        self.arena = graph.meta["arena"]
+        self.root = graph.meta["arena_root"]
+        self.in_off = {}
+        off = 0
+        for name in graph.inputs:
+            self.in_off[name] = off
+            off += graph.tensors[name].size
+
+    def __call__(self, name: str, const: bool = False) -> str:
+        t = self.g.tensors[name]
+        ctype = "uint64_t" if t.dtype == "bits" else "float"
+        q = "const " if const else ""
+        r = self.root[name]
+        if r in self.in_off:
+            return f"(const float *)(input + {self.in_off[r]})" if ctype == "float" else "input"
+        return f"({q}{ctype} *)(A + {self.arena[name]})"
+
+
+# ---- one emitter per kernel op ----------------------------------------------------------
+
+def _rows(shape) -> int:
+    return int(np.prod(shape[:-1]))
+
+
+def _transpose(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
+    x, y = p.g.tensors[n.inputs[0]], p.g.tensors[n.outputs[0]]
+    to_nhwc = n.attrs.perm == (0, 2, 3, 1)
+    nb, c, h, w = x.shape if to_nhwc else y.shape
+    fn = u.use(find("transpose", "nchw2nhwc_f32" if to_nhwc else "nhwc2nchw_f32"))
+    return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {nb}, {c}, {h}, {w});"]
+
+
+def _quantize(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
+    a = n.attrs
+    x = p.g.tensors[n.inputs[0]]
+    c = x.shape[-1]
+    mode = {"round": "round", "sign": "sign", "thresholds": "thr"}[a.mode]
+    fn = u.use(find("quantize", f"{mode}_{'bits' if a.out_bits else 'f32'}"))
+    pre = f"L{i}"
+    scale = u.array(f"{pre}_scale", "float", a.scale if a.scale is not None else [1.0])
+    zero = u.array(f"{pre}_zero", "float", a.zero if a.zero is not None else [0.0])
+    nparam = max(np.asarray(a.scale).size if a.scale is not None else 1, 1)
+    nthr = 0
+    thr = "NULL"
+    if a.mode == "thresholds":
+        t = np.asarray(a.thresholds, np.float32)
+        nparam, nthr = t.shape
+        thr = u.array(f"{pre}_thr", "float", t)
+    return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {_rows(x.shape)}, {c}, {scale}, {zero}, {nparam}, "
+            f"{cfloat(a.clamp[0])}, {cfloat(a.clamp[1])}, {ROUNDING[a.rounding]}, {thr}, {nthr}, {a.spec.lo}, {a.spec.step});"]
+
+
+def _geom(u: Unit, i: int, n: Node, x, y) -> str:
+    a = n.attrs.conv
+    nb, h, w, c = x.shape
+    _, oh, ow, co = y.shape
+    name = f"L{i}_geom"
+    u.structs.append(f"static const qcc_conv_geom {name} = {{ /* n, h, w, c, oh, ow, co, kh, kw, sh, sw, pt, pl, group */\n"
+                     f"    {nb}, {h}, {w}, {c}, {oh}, {ow}, {co}, {a.kernel[0]}, {a.kernel[1]}, "
+                     f"{a.strides[0]}, {a.strides[1]}, {a.pads[0]}, {a.pads[1]}, {a.group}}};")
+    return name
+
+
+def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
+    a = n.attrs
+    x, y = p.g.tensors[n.inputs[0]], p.g.tensors[n.outputs[0]]
+    geom = _geom(u, i, n, x, y)
+    pre = f"L{i}"
+    out = "f32" if a.thr is None else ("bits" if a.out_bits else "levels")
+    if a.thr is None:
+        mul = u.array(f"{pre}_mul", "float", a.mul) if a.mul is not None else "NULL"
+        bias = u.array(f"{pre}_bias", "float", a.bias) if a.bias is not None else "NULL"
+        tail = f"{mul}, {bias}, {p(n.outputs[0])}"
+    else:
+        t = a.thr
+        thr = u.array(f"{pre}_thr", "int32_t", np.clip(t.thr, -(1 << 31), (1 << 31) - 1))
+        sign = u.array(f"{pre}_sign", "int8_t", t.sign)
+        tail = f"{thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, {t.spec.step}, {p(n.outputs[0])}"
+    if x.dtype == "bits":
+        co, kh, kw, ci = a.weight.shape
+        if kh * kw > 256:
+            raise QccError(f"kernel {kh}x{kw} is larger than the binary kernels support (256 taps)", node=n.name)
+        bits = (a.weight > 0).astype(np.uint8)  # (co, kh, kw, ci) -> packed along ci
+        packed = pack_bits(bits)  # (co, kh, kw, words)
+        wpop = bits.sum(axis=3).reshape(co, kh * kw)
+        wt = u.array(f"{pre}_weight", "uint64_t", packed, f"packed bipolar weights [{co}][{kh}][{kw}][{words(ci)}]")
+        wp = u.array(f"{pre}_wpop", "uint16_t", wpop, "+1 weights per tap, for the padding correction")
+        scratch_off, _ = p.g.meta["scratch"][i]
+        col = f"(uint64_t *)(A + {scratch_off})"
+        im2col = u.use(find("im2col", "b64"))
+        gemm = u.use(find("bgemm", f"pm1xpm1_{out}"))
+        return [f"{im2col}({p(n.inputs[0], True)}, {col}, &{geom});",
+                f"{gemm}({col}, {wt}, {wp}, &{geom}, {tail});"]
+    wt = u.array(f"{pre}_weight", "float", a.weight, f"weights [{'][' .join(str(d) for d in a.weight.shape)}]")
+    fn = u.use(find("fconv", f"f32_{out}"))
+    return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {tail});"]
+
+
+def _pool(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
+    a = n.attrs
+    x, y = p.g.tensors[n.inputs[0]], p.g.tensors[n.outputs[0]]
+    bits = x.dtype == "bits"
+    fn = u.use(find("pool", f"{a.kind}_{'bits' if bits else 'f32'}"))
+    nb, h, w, c = x.shape
+    _, oh, ow, _ = y.shape
+    name = f"L{i}_geom"
+    u.structs.append(f"static const qcc_pool_geom {name} = {{ /* n, h, w, c, oh, ow, kh, kw, sh, sw, pt, pl, pb, pr, count_include_pad */\n"
+                     f"    {nb}, {h}, {w}, {c}, {oh}, {ow}, {a.kernel[0]}, {a.kernel[1]}, {a.strides[0]}, {a.strides[1]}, "
+                     f"{a.pads[0]}, {a.pads[1]}, {a.pads[2]}, {a.pads[3]}, {int(a.count_include_pad)}}};")
+    return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, &{name});"]
+
+
+def _unpack(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
+    x = p.g.tensors[n.inputs[0]]
+    scale = u.array(f"L{i}_scale", "float", n.attrs)
+    fn = u.use(find("unpack", "bits_f32"))
+    return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {_rows(x.shape)}, {x.shape[-1]}, {scale});"]
+
+
+def _ew(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
+    x = p.g.tensors[n.inputs[0]]
+    spec = KernelSpec("ew", f"f32_L{i}", params=(("source", n.attrs.source), ("steps", n.attrs.steps)))
+    fn = u.use(spec)
+    consts = [u.array(f"L{i}_k{j}", "float", s.const) for j, s in
+              enumerate(s for s in n.attrs.steps if s.const is not None and s.const.size > 1)]
+    extra = "".join(", " + c for c in consts)
+    return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {_rows(x.shape)}, {x.shape[-1]}{extra});"]
+
+
+def _softmax(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
+    x = p.g.tensors[n.inputs[0]]
+    fn = u.use(find("softmax", "f32"))
+    return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {_rows(x.shape)}, {x.shape[-1]});"]
+
+
+EMITTERS = {"transpose": _transpose, "quantize": _quantize, "layer": _layer, "pool": _pool,
+            "unpack": _unpack, "ew": _ew, "softmax": _softmax}
+
+
+def _describe(n: Node, g: Graph) -> str:
+    x, y = g.tensors[n.inputs[0]], g.tensors[n.outputs[0]]
+    s = f"{n.name or n.op}: {n.op} {x.dtype}{list(x.shape)} -> {y.dtype}{list(y.shape)}"
+    if n.op == "layer":
+        a = n.attrs.conv
+        s += f", kernel {a.kernel[0]}x{a.kernel[1]}, strides {a.strides[0]}x{a.strides[1]}, pads {','.join(map(str, a.pads))}"
+    if n.op == "pool":
+        a = n.attrs
+        s += f", {a.kind} {a.kernel[0]}x{a.kernel[1]}, strides {a.strides[0]}x{a.strides[1]}"
+    return s.replace("*/", "* /")
+
+
+@dataclass(frozen=True)
+class Sources:
+    c: str
+    h: str
+
+
+def render(graph: Graph, name: str = "model", source: str = "") -> Sources:
+    """C sources of the lowered, memory-planned ``graph``; every public symbol starts with ``name``."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise QccError(f"--name '{name}' is not a C identifier")
+    u = Unit(name)
+    ptr = _Ptr(graph)
+    for i, n in enumerate(graph.nodes):
+        if n.op == "reshape":
+            continue
+        u.calls.append(Call(_describe(n, graph), EMITTERS[n.op](u, ptr, i, n)))
+    outputs = []
+    off = 0
+    for o in graph.outputs:
+        t = graph.tensors[o]
+        outputs.append((o, off, t.size, ptr(o, True)))
+        off += t.size
+    env = _env()
+    kernels = [env.get_template(k.template).render(**k.variables()) for k in u.kernels.values()]
+    inputs = [(i, graph.tensors[i]) for i in graph.inputs]
+    onames = graph.meta.get("output_names", {})
+    ctx = dict(name=name, NAME=name.upper(), version=qcc.__version__, source=source or graph.meta.get("source", ""),
+               unit=u, kernels=kernels, arena_size=graph.meta["arena_size"], align=64,
+               inputs=[(n_, t.shape, t.size, ptr.in_off[n_]) for n_, t in inputs],
+               outputs=[(list(onames)[k] if k < len(onames) else o, graph.tensors[o].shape, size, off_, src)
+                        for k, (o, off_, size, src) in enumerate(outputs)],
+               input_size=sum(t.size for _, t in inputs), output_size=off, c_ident=c_ident)
+    return Sources(env.get_template("model.c.j2").render(**ctx), env.get_template("model.h.j2").render(**ctx))

@@ -2,5 +2,6 @@
 __version__ = "0.1.0"
 
 from qcc.errors import QccError  # noqa: E402
+from qcc.api import InferenceSession, compile  # noqa: E402
 
-__all__ = ["QccError", "__version__"]
+__all__ = ["InferenceSession", "QccError", "compile", "__version__"]

@@ -152,7 +152,7 @@ def _staircase(graph: Graph, ops: list[Node], acc: str, bound: np.ndarray):
 def _verify(graph, ops, acc, bound, thr, sign) -> None:
     b = int(bound.max())
     if (2 * b + 1) * bound.size <= EXHAUSTIVE_LIMIT:
-        a = np.arange(-b, b + 1, dtype=np.int64)[:, None].repeat(bound.size, 1)
+        a = np.clip(np.arange(-b, b + 1, dtype=np.int64)[:, None], -bound, bound)  # each channel's own range
     else:
         near = np.concatenate([thr.T - 1, thr.T, thr.T + 1], axis=0) * sign
         rng = np.random.default_rng(0)

@@ -1,0 +1,120 @@
+"""``qcc compile | check | inspect``: a thin layer that parses flags and calls the API.
+
+Exit codes: 0 ok, 1 check failed, 2 bad input or usage. Errors are one line, never a
+traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from qcc.errors import QccError
+
+
+def _compile(args) -> int:
+    from qcc import api
+
+    b = api.compile(args.model, args.out, target=args.target, name=args.name, force=args.force)
+    print(f"wrote {b.c}, {b.h}, {b.runtime} (arena {b.arena_size} bytes)")
+    return 0
+
+
+def _inputs(args, session) -> dict[str, np.ndarray]:
+    specs = session.get_inputs()
+    if args.inputs:
+        try:
+            data = np.load(args.inputs)
+        except Exception as e:
+            raise QccError(f"{args.inputs}: cannot read inputs ({type(e).__name__}); expected an .npz file")
+        feeds = {}
+        for i, s in enumerate(specs):
+            key = s.name if s.name in data.files else (data.files[i] if len(specs) == 1 or i < len(data.files) else None)
+            if key is None:
+                raise QccError(f"{args.inputs}: no array for input '{s.name}' (has {data.files})")
+            feeds[s.name] = np.asarray(data[key], np.float32)
+        return feeds
+    rng = np.random.default_rng(args.seed)
+    return {s.name: rng.standard_normal([args.samples, *s.shape[1:]]).astype(np.float32) for s in specs}
+
+
+def _check(args) -> int:
+    from qcc import api
+    from qcc.frontend import reference
+    from qcc.frontend.onnx import load_model
+
+    session = api.InferenceSession(args.model, target=args.target)
+    feeds = _inputs(args, session)
+    got = session.run(None, feeds)
+    want = reference.run_reference(load_model(args.model), feeds)
+    ok = True
+    for spec, g, w in zip(session.get_outputs(), got, want):
+        w = np.asarray(w, np.float32).reshape(g.shape)
+        err = float(np.max(np.abs(g - w))) if g.size else 0.0
+        tol = args.rtol * max(1.0, float(np.max(np.abs(w)))) if w.size else 0.0
+        agree = float(np.mean(g.reshape(len(g), -1).argmax(1) == w.reshape(len(w), -1).argmax(1)))
+        good = err <= tol and agree == 1.0
+        ok &= good
+        print(f"{spec.name}: max abs error {err:.3g} (tolerance {tol:.3g}), argmax agreement {agree:.2%} "
+              f"over {len(g)} inputs: {'ok' if good else 'MISMATCH'}")
+    return 0 if ok else 1
+
+
+def _inspect(args) -> int:
+    from qcc import api
+    from qcc.codegen.inspect import layer_table
+
+    graph, low = api.lower_model(args.model)
+    print(layer_table(graph, low))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qcc", description="Compile quantized ONNX models of low-bit networks into C.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="write the C bundle (<name>.c, <name>.h, qcc_rt.h)")
+    c.add_argument("model")
+    c.add_argument("-o", "--out", default="build", help="output directory (default: build)")
+    c.add_argument("--name", default="model", help="prefix of every public C symbol (default: model)")
+    c.add_argument("--target", default="native", help="native | scalar")
+    c.add_argument("--force", action="store_true", help="overwrite files qcc did not write")
+    c.set_defaults(fn=_compile)
+
+    k = sub.add_parser("check", help="compile for the host and compare with onnxruntime (exit 1 on mismatch)")
+    k.add_argument("model")
+    k.add_argument("--inputs", help=".npz with one array per model input (by name, or in order)")
+    k.add_argument("--samples", type=int, default=100, help="random inputs when --inputs is not given")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to max(1, max |reference|)")
+    k.add_argument("--target", default="native")
+    k.set_defaults(fn=_check)
+
+    i = sub.add_parser("inspect", help="per-layer table: op, shapes, bits, MACs, bytes, arena")
+    i.add_argument("model")
+    i.set_defaults(fn=_inspect)
+    return p
+
+
+def main(argv=None) -> int:
+    p = parser()
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0) and 2
+    try:
+        return args.fn(args)
+    except QccError as e:
+        print(f"qcc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qcc: interrupted", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("qcc: error: out of memory", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,8 @@ quantizer's output exactly (both are ``q * scale`` in float32). Only grids of at
 8 bits are kept as levels (32-bit bias quantizers fold to plain floats).
 
 Layout-only ops (Transpose, Reshape, Flatten) on such levels move below the ``Dequant``
-when the scale is one value for the whole tensor; any other consumer gets the decoded
+when the scale is one value for the whole tensor, or is per channel and the op is a
+Transpose (the scale is transposed with the levels); any other consumer gets the decoded
 float constant.
 """
 from __future__ import annotations
@@ -45,14 +46,24 @@ def fold_constants(graph: Graph) -> PassResult:
         if spec is not None and spec.bits <= MAX_LEVEL_BITS and n.inputs[0] not in levels:
             q = interp.run_node(n.with_(attrs=dataclasses.replace(n.attrs, codes=True)), {n.inputs[0]: const(n.inputs[0])})[0]
             _levels(tensors, nodes, levels, out, q, spec, n.name)
-        elif n.op in LAYOUT_OPS and n.inputs[0] in levels and not tensors[levels[n.inputs[0]]].quant.per_channel:
-            src = tensors[levels[n.inputs[0]]]
-            q = interp.run_node(n, {n.inputs[0]: src.data})[0]
-            _levels(tensors, nodes, levels, out, q, src.quant, n.name)
+        elif n.op in LAYOUT_OPS and n.inputs[0] in levels and (spec := _moved_spec(n, tensors[levels[n.inputs[0]]])):
+            q = interp.run_node(n, {n.inputs[0]: tensors[levels[n.inputs[0]]].data})[0]
+            _levels(tensors, nodes, levels, out, q, spec, n.name)
         else:
             value = interp.run_node(n, {i: const(i) for i in ins})[0]
             tensors[out] = tensors[out].with_(data=value, shape=value.shape)
     return result(graph, graph.rewrite(_dequants_first(nodes, levels), tensors))
+
+
+def _moved_spec(n: Node, src):
+    """The grid after a layout op: a per-tensor scale is unchanged; a broadcastable
+    per-channel scale follows a Transpose; anything else is decoded instead (None)."""
+    spec = src.quant
+    if not spec.per_channel:
+        return spec
+    if n.op == "Transpose" and spec.scale.ndim == src.data.ndim:
+        return spec.with_scale(np.transpose(spec.scale, n.attrs.perm))
+    return None
 
 
 def _levels(tensors, nodes, levels, out, q, spec, name) -> None:

@@ -3,6 +3,8 @@ through InferenceSession, against onnxruntime on the oracle graph.
 
 Bit activations must match exactly (each test model exposes its last binary activation as
 an output); logits within 1e-4 relative, with identical argmax on every input."""
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 
 import builders
 from qcc import InferenceSession
+from qcc.codegen.render import RUNTIME_DIR
 from qcc.frontend.reference import expose_all, run_reference
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,8 +38,20 @@ def _tie_means(model, feeds):
     return means
 
 
-def _compare(model, feeds):
+def assert_freestanding_c(session, tmp_dir):
+    """The generated C compiles warning-free as freestanding C99."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc not installed")
+    (tmp_dir / "model.c").write_text(session.sources.c)
+    (tmp_dir / "model.h").write_text(session.sources.h)
+    shutil.copy(RUNTIME_DIR / "qcc_rt.h", tmp_dir / "qcc_rt.h")
+    subprocess.run(["gcc", "-std=c99", "-ffreestanding", "-Wall", "-Wextra", "-Werror", "-c", "model.c"],
+                   cwd=tmp_dir, check=True)
+
+
+def _compare(model, feeds, tmp_dir):
     session = InferenceSession(model)
+    assert_freestanding_c(session, tmp_dir)
     got = session.run(None, feeds)
     want = run_reference(model, feeds)
     bits_got, logits_got = got
@@ -50,22 +65,22 @@ def _compare(model, feeds):
 
 
 @pytest.mark.parametrize("seed,k,hidden", [(0, 100, (65, 130)), (1, 64, (64, 63)), (2, 3, (128, 1)), (3, 300, (100,))])
-def test_mlp_with_ties(seed, k, hidden):
+def test_mlp_with_ties(seed, k, hidden, tmp_path):
     rng = np.random.default_rng(seed)
     feeds = {"x": rng.uniform(-4, 4, (N, k)).astype(np.float32)}
     means = _tie_means(builders.w1a1_mlp(seed, k, hidden), feeds)
     model = builders.w1a1_mlp(seed, k, hidden, means=means)
     ties = sum(int(np.sum(v == m)) for v, m in zip(_bn_inputs(model, feeds), means))
     assert ties > 0, "the test must exercise exact ties"
-    _compare(model, feeds)
+    _compare(model, feeds, tmp_path)
 
 
-def test_mlp_negative_and_zero_gamma():
+def test_mlp_negative_and_zero_gamma(tmp_path):
     rng = np.random.default_rng(7)
     hidden = (70, 40)
     gammas = [np.where(np.arange(h) % 3 == 0, -1.0, np.where(np.arange(h) % 3 == 1, 0.0, 0.5)) for h in hidden]
     model = builders.w1a1_mlp(7, 50, hidden, gamma=gammas)
-    _compare(model, {"x": rng.uniform(-4, 4, (N, 50)).astype(np.float32)})
+    _compare(model, {"x": rng.uniform(-4, 4, (N, 50)).astype(np.float32)}, tmp_path)
 
 
 CNN_CASES = {
@@ -78,7 +93,7 @@ CNN_CASES = {
 
 
 @pytest.mark.parametrize("case", list(CNN_CASES))
-def test_cnn_with_ties(case):
+def test_cnn_with_ties(case, tmp_path):
     kw = CNN_CASES[case]
     rng = np.random.default_rng(11)
     feeds = {"x": rng.uniform(-4, 4, (N, kw["c_in"]) + kw["hw"]).astype(np.float32)}
@@ -95,14 +110,15 @@ def test_cnn_with_ties(case):
     ties = sum(int(np.sum(v == np.asarray(m).reshape((1, -1) + (1,) * (v.ndim - 2))))
                for v, m in zip(_bn_inputs(model, feeds), means))
     assert ties > 0
-    _compare(model, feeds)
+    _compare(model, feeds, tmp_path)
 
 
-def test_brevitas_digits_model():
+def test_brevitas_digits_model(tmp_path):
     path = ROOT / "examples" / "models" / "digits_w1a1.onnx"
     data = np.load(ROOT / "examples" / "models" / "digits_inputs.npz")
     feeds = {"input": data["x"]}
     session = InferenceSession(str(path))
+    assert_freestanding_c(session, tmp_path)
     assert [a.name for a in session.get_inputs()] == ["input"]
     assert [a.name for a in session.get_outputs()] == ["logits"]
     got = session.run(None, feeds)[0]

@@ -72,12 +72,12 @@ class Builder:
         return m
 
 
-def w1a1_mlp(seed=0, k=100, hidden=(65, 130), classes=10, gamma=None, means=None):
+def w1a1_mlp(seed=0, k=100, hidden=(65, 130), classes=10, gamma=None, means=None, input_bits=8):
     """Quant(8) input -> [binary Gemm -> BN -> BipolarQuant] x len(hidden) -> int8 Gemm.
 
     Outputs: the last binary activation (exact test of the bit layers) and the logits."""
     b = Builder(seed)
-    x = b.quant("x", 2.0 ** -4, 8, signed=1)
+    x = b.quant("x", 2.0 ** -4, input_bits, signed=1)  # 1-bit signed Quant is bipolar in QONNX
     c_in = k
     for i, h in enumerate(hidden):
         w = b.binary_weight((h, c_in))

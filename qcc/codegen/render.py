@@ -129,9 +129,10 @@ def _quantize(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     mode = {"round": "round", "sign": "sign", "thresholds": "thr"}[a.mode]
     fn = u.use(find("quantize", f"{mode}_{'bits' if a.out_bits else 'f32'}"))
     pre = f"L{i}"
-    scale = u.array(f"{pre}_scale", "float", a.scale if a.scale is not None else [1.0])
-    zero = u.array(f"{pre}_zero", "float", a.zero if a.zero is not None else [0.0])
-    nparam = max(np.asarray(a.scale).size if a.scale is not None else 1, 1)
+    s_, z_ = (np.asarray(v if v is not None else d, np.float32).reshape(-1) for v, d in ((a.scale, 1.0), (a.zero, 0.0)))
+    nparam = max(s_.size, z_.size)  # one value each, or one per channel
+    scale = u.array(f"{pre}_scale", "float", np.broadcast_to(s_, (nparam,)))
+    zero = u.array(f"{pre}_zero", "float", np.broadcast_to(z_, (nparam,)))
     nthr = 0
     thr = "NULL"
     if a.mode == "thresholds":

@@ -91,7 +91,8 @@ def quantize(n: Node, x: np.ndarray) -> np.ndarray:
     """Float values (channels last) to levels: QONNX Quant, bipolar sign, or thresholds."""
     a = n.attrs
     if a.mode == "sign":
-        q = np.where(x >= 0, 1, -1)
+        scale, zero = (F32(1), F32(0)) if a.scale is None else (a.scale, a.zero)
+        q = np.where(((x / scale).astype(F32) + zero).astype(F32) >= 0, 1, -1)
     elif a.mode == "thresholds":
         q = a.spec.lo + a.spec.step * (x[..., None] >= a.thresholds).sum(axis=-1)
     else:

@@ -45,8 +45,8 @@ def fold_thresholds(graph: Graph) -> PassResult:
     tensors = dict(graph.tensors)
     replaced: dict[int, list[Node]] = {}
     for idx, q in enumerate(graph.nodes):
-        if q.op not in QUANTIZERS or q.attrs.spec() is None:
-            continue
+        if q.op not in QUANTIZERS or q.attrs.spec() is None or getattr(q.attrs, "channels_last", False):
+            continue  # a channels-last MultiThreshold reads channels from another axis than the conv
         chain = _chain(graph, q.inputs[0])
         if chain is None:
             continue

@@ -139,8 +139,14 @@ def _quantizer(low: _Lowering, n: Node) -> None:
     spec = low.spec_for(n.outputs[0])
     x = low.values(n.inputs[0], n.name)
     if n.op == "BipolarQuant":
-        attrs = QuantizeAttrs("sign", spec)
+        attrs = QuantizeAttrs("sign", spec, scale=np.float32(1), zero=np.float32(0))
+    elif n.op == "Quant" and n.attrs.bits == 1 and n.attrs.signed:  # QONNX: bipolar on x / scale + zero
+        attrs = QuantizeAttrs("sign", spec, scale=_vec(n.attrs.scale), zero=_vec(n.attrs.zero))
     elif n.op == "MultiThreshold":
+        t = n.attrs.thresholds
+        if n.attrs.channels_last and len(low.g.tensors[n.inputs[0]].shape) == 4 and t.shape[0] > 1:
+            raise QccError("per-channel thresholds with data_layout NHWC on a 4-D tensor are not supported; "
+                           "qcc's 4-D tensors are NCHW in the graph (use data_layout NCHW)", node=n.name, op=n.op)
         attrs = QuantizeAttrs("thresholds", spec, thresholds=n.attrs.thresholds.astype(np.float32))
     else:
         a = n.attrs

@@ -34,19 +34,29 @@ static inline int32_t qcc_popcount64(uint64_t v) {
 #endif
 }
 
-/* Rounding without libm, for values already clamped to a small integer range. */
+/* Rounding without libm, for values already clamped to a small integer range (|v| < 2^62).
+ * Signed zeros follow IEEE and numpy: floor(-0.0) = -0.0, trunc(-0.3) = -0.0, |-0.0| = +0.0. */
 static inline float qcc_floorf(float v) {
     float t = (float)(int64_t)v;
-    return t > v ? t - 1.0f : t;
+    if (t > v) return t - 1.0f;
+    return t == 0.0f ? v * 0.0f : t;
 }
 static inline float qcc_ceilf(float v) { return -qcc_floorf(-v); }
-static inline float qcc_signf(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f); }
-static inline float qcc_absf(float v) { return v < 0.0f ? -v : v; }
+static inline float qcc_truncf(float v) {
+    float t = (float)(int64_t)v;
+    return t == 0.0f ? v * 0.0f : t;
+}
+static inline float qcc_signf(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : v); }
+static inline float qcc_absf(float v) {
+    union { float f; uint32_t u; } b;
+    b.f = v;
+    b.u &= 0x7fffffffu;
+    return b.f;
+}
 static inline float qcc_round_half_even(float v) {
     float f = qcc_floorf(v), d = v - f;  /* exact: f and v are within 1 */
-    if (d > 0.5f) return f + 1.0f;
-    if (d < 0.5f) return f;
-    return ((int64_t)f & 1) ? f + 1.0f : f;
+    float r = d > 0.5f ? f + 1.0f : (d < 0.5f ? f : (((int64_t)f & 1) ? f + 1.0f : f));
+    return r == 0.0f ? v * 0.0f : r;
 }
 
 enum { QCC_ROUND, QCC_CEIL, QCC_FLOOR, QCC_UP, QCC_DOWN, QCC_HALF_UP, QCC_HALF_DOWN };
@@ -56,7 +66,7 @@ static inline float qcc_round_mode(float v, int mode) {
     case QCC_CEIL: return qcc_ceilf(v);
     case QCC_FLOOR: return qcc_floorf(v);
     case QCC_UP: return qcc_signf(v) * qcc_ceilf(qcc_absf(v));
-    case QCC_DOWN: return (float)(int64_t)v;
+    case QCC_DOWN: return qcc_truncf(v);
     case QCC_HALF_UP: return qcc_signf(v) * qcc_floorf(qcc_absf(v) + 0.5f);
     case QCC_HALF_DOWN: return qcc_signf(v) * qcc_ceilf(qcc_absf(v) - 0.5f);
     default: return qcc_round_half_even(v);

@@ -83,6 +83,14 @@ def test_mlp_negative_and_zero_gamma(tmp_path):
     _compare(model, {"x": rng.uniform(-4, 4, (N, 50)).astype(np.float32)}, tmp_path)
 
 
+def test_one_bit_signed_quant_input_is_bipolar(tmp_path):
+    """QONNX Quant(bitwidth=1, signed=1) is sign(x / scale + zero), not a clamp to {-1, 0}."""
+    rng = np.random.default_rng(9)
+    x = rng.uniform(-1, 1, (N, 40)).astype(np.float32)
+    x[:, :5] = 0.0  # x / scale == 0 -> +1
+    _compare(builders.w1a1_mlp(9, 40, (33,), input_bits=1), {"x": x}, tmp_path)
+
+
 CNN_CASES = {
     "3x3-s1s2-asym": dict(c_in=3, hw=(9, 9), chans=(16, 65), strides=(1, 2), pads=((1, 1, 1, 1), (0, 1, 2, 1))),
     "1x1-and-5x5": dict(c_in=1, hw=(8, 8), chans=(64, 100), strides=(1, 1), pads=((0, 0, 0, 0), (2, 2, 2, 2)),

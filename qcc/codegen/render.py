@@ -212,7 +212,8 @@ def _unpack(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
 
 def _ew(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     x = p.g.tensors[n.inputs[0]]
-    spec = KernelSpec("ew", f"f32_L{i}", params=(("source", n.attrs.source), ("steps", n.attrs.steps)))
+    spec = KernelSpec("ew", f"f32_L{i}", params=(("rounding", ROUNDING), ("source", n.attrs.source),
+                                                 ("steps", n.attrs.steps)))
     fn = u.use(spec)
     consts = [u.array(f"L{i}_k{j}", "float", s.const) for j, s in
               enumerate(s for s in n.attrs.steps if s.const is not None and s.const.size > 1)]

@@ -115,13 +115,17 @@ EW = {
     "mul": lambda x, c: x * c, "div": lambda x, c: x / c, "rdiv": lambda x, c: c / x,
     "max": lambda x, c: np.maximum(x, c), "min": lambda x, c: np.minimum(x, c),
     "sign": lambda x, c: np.sign(x),
+    "bipolar": lambda x, c: np.where(x >= 0, F32(1), F32(-1)),
 }
 
 
 def ew(n: Node, x: np.ndarray) -> np.ndarray:
     y = x.astype(F32)
     for s in n.attrs.steps:
-        y = EW[s.op](y, None if s.const is None else s.const.astype(F32)).astype(F32)
+        if s.op == "round":
+            y = round_mode(y, s.mode)
+        else:
+            y = EW[s.op](y, None if s.const is None else s.const.astype(F32)).astype(F32)
     return y
 
 

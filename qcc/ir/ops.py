@@ -186,8 +186,13 @@ class LayerAttrs:
 
 @dataclass(frozen=True)
 class EwStep:
-    op: str  # add | sub | rsub | mul | div | rdiv | max | min | relu | sign
+    """One float32 op: ``add sub rsub mul div rdiv max min`` with a constant (``rsub`` and
+    ``rdiv`` put the constant first); ``sign``; ``bipolar`` (``x >= 0 ? 1 : -1``); ``round``
+    with a QONNX rounding ``mode``."""
+
+    op: str
     const: np.ndarray | None = field(default=None, compare=False)  # scalar or per channel
+    mode: str = ""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node, Tensor
-from qcc.ir.ops import (EwAttrs, EwStep, LayerAttrs, PoolAttrs, QuantizeAttrs, ReshapeAttrs,
+from qcc.ir.ops import (EwAttrs, EwStep, LayerAttrs, PoolAttrs, QuantAttrs, QuantizeAttrs, ReshapeAttrs,
                         TransposeAttrs)
 from qcc.ir.quant import QuantSpec
 from qcc.passes.base import PassResult, prune
@@ -134,28 +134,42 @@ def _vec(a) -> np.ndarray:
 # ---- handlers ---------------------------------------------------------------------------
 
 def _quantizer(low: _Lowering, n: Node) -> None:
-    if not n.attrs.codes:
-        raise QccError("a quantizer whose values feed float ops directly has no kernel yet", node=n.name, op=n.op)
-    spec = low.spec_for(n.outputs[0])
+    """Levels for a layer (``quantize`` kernel), or values for float readers (``ew`` chain)."""
+    a = n.attrs
+    if not a.codes and n.op != "MultiThreshold":
+        return _elementwise(low, n)
     x = low.values(n.inputs[0], n.name)
+    if not a.codes:  # MultiThreshold values: the count n, then out_scale * n + out_bias as QONNX does
+        _check_thresholds_layout(low, n)
+        t = low.tensors[x]
+        count = low.new(n.outputs[0] + "__count", t.shape, layout=t.layout)
+        low.emit("quantize", [x], count, QuantizeAttrs("thresholds", QuantSpec(0, a.thresholds.shape[1]),
+                                                       thresholds=a.thresholds.astype(np.float32)), n.name)
+        out = low.new(n.outputs[0], t.shape, layout=t.layout)
+        steps = (EwStep("mul", np.float32(a.out_scale)), EwStep("add", np.float32(a.out_bias)))
+        low.phys[n.outputs[0]] = low.emit("ew", [count], out, EwAttrs(steps, n.name), n.name)
+        return
+    spec = low.spec_for(n.outputs[0])
     if n.op == "BipolarQuant":
         attrs = QuantizeAttrs("sign", spec, scale=np.float32(1), zero=np.float32(0))
-    elif n.op == "Quant" and n.attrs.bits == 1 and n.attrs.signed:  # QONNX: bipolar on x / scale + zero
-        attrs = QuantizeAttrs("sign", spec, scale=_vec(n.attrs.scale), zero=_vec(n.attrs.zero))
+    elif n.op == "Quant" and a.bits == 1 and a.signed:  # QONNX: bipolar on x / scale + zero
+        attrs = QuantizeAttrs("sign", spec, scale=_vec(a.scale), zero=_vec(a.zero))
     elif n.op == "MultiThreshold":
-        t = n.attrs.thresholds
-        if n.attrs.channels_last and len(low.g.tensors[n.inputs[0]].shape) == 4 and t.shape[0] > 1:
-            raise QccError("per-channel thresholds with data_layout NHWC on a 4-D tensor are not supported; "
-                           "qcc's 4-D tensors are NCHW in the graph (use data_layout NCHW)", node=n.name, op=n.op)
-        attrs = QuantizeAttrs("thresholds", spec, thresholds=n.attrs.thresholds.astype(np.float32))
+        _check_thresholds_layout(low, n)
+        attrs = QuantizeAttrs("thresholds", spec, thresholds=a.thresholds.astype(np.float32))
     else:
-        a = n.attrs
         attrs = QuantizeAttrs("round", spec, scale=_vec(a.scale), zero=_vec(a.zero),
                               clamp=tuple(float(v) for v in a.int_range), rounding=a.rounding)
     bits = spec.bipolar
     attrs = dataclasses.replace(attrs, out_bits=bits)
     out = low.new(n.outputs[0], low.phys_shape(n.outputs[0]), "bits" if bits else "f32", spec, low.layout(n.outputs[0]))
     low.phys[n.outputs[0]] = low.emit("quantize", [x], out, attrs, n.name)
+
+
+def _check_thresholds_layout(low: _Lowering, n: Node) -> None:
+    if n.attrs.channels_last and len(low.g.tensors[n.inputs[0]].shape) == 4 and n.attrs.thresholds.shape[0] > 1:
+        raise QccError("per-channel thresholds with data_layout NHWC on a 4-D tensor are not supported; "
+                       "qcc's 4-D tensors are NCHW in the graph (use data_layout NCHW)", node=n.name, op=n.op)
 
 
 def _intconv(low: _Lowering, n: Node) -> None:
@@ -264,6 +278,8 @@ def _steps(g: Graph, n: Node) -> list[EwStep]:
         return [EwStep("max", np.float32(n.attrs.lo)), EwStep("min", np.float32(n.attrs.hi))]
     if n.op == "Sign":
         return [EwStep("sign")]
+    if n.op in _QUANT_STEPS:
+        return _QUANT_STEPS[n.op](n.attrs)
     first_const = g.tensors[n.inputs[0]].is_const
     c = g.const(n.inputs[0] if first_const else n.inputs[1])
     rank = len(g.tensors[n.outputs[0]].shape)
@@ -272,6 +288,36 @@ def _steps(g: Graph, n: Node) -> list[EwStep]:
         raise QccError(f"constant of shape {list(c.shape)} varies along more than the channel axis; "
                        f"only scalars and per-channel constants are supported", node=n.name, op=n.op)
     return [EwStep(EW_OPS[n.op][1 if first_const else 0], _vec(c))]
+
+
+def _quant_steps(a) -> list[EwStep]:
+    """QONNX Quant on values, op by op: x / s + z, clamp, round, (y - z) * s."""
+    pre = [EwStep("div", _vec(a.scale)), EwStep("add", _vec(a.zero))]
+    post = [EwStep("sub", _vec(a.zero)), EwStep("mul", _vec(a.scale))]
+    if a.bits == 1 and a.signed:
+        return pre + [EwStep("bipolar")] + post
+    lo, hi = a.int_range
+    return pre + [EwStep("min", np.float32(hi)), EwStep("max", np.float32(lo)), EwStep("round", mode=a.rounding)] + post
+
+
+def _trunc_steps(a) -> list[EwStep]:
+    """QONNX Trunc v1 / v2 on values, in the order of the reference implementation."""
+    steps = [EwStep("div", _vec(a.scale)), EwStep("add", _vec(a.zero)), EwStep("round", mode="ROUND")]
+    if a.out_scale is None:
+        return steps + [EwStep("div", np.float32(2.0 ** (a.in_bits - a.out_bits))), EwStep("round", mode=a.rounding),
+                        EwStep("sub", _vec(a.zero)), EwStep("mul", _vec(a.scale))]
+    tscale = (np.float32(2) ** np.round(np.log2((a.out_scale / a.scale).astype(np.float32)))).astype(np.float32)
+    lo, hi = QuantAttrs(a.scale, a.zero, a.out_bits, a.signed, a.narrow).int_range
+    return steps + [EwStep("div", _vec(tscale)), EwStep("min", np.float32(hi)), EwStep("max", np.float32(lo)),
+                    EwStep("round", mode=a.rounding), EwStep("sub", _vec((a.zero / tscale).astype(np.float32))),
+                    EwStep("mul", _vec(a.out_scale))]
+
+
+_QUANT_STEPS = {
+    "Quant": _quant_steps,
+    "BipolarQuant": lambda a: [EwStep("bipolar"), EwStep("mul", _vec(a.scale))],
+    "Trunc": _trunc_steps,
+}
 
 
 def _elementwise(low: _Lowering, n: Node) -> None:
@@ -304,5 +350,5 @@ _HANDLERS = {
     "Flatten": _reshape, "Reshape": _reshape, "Transpose": _reshape,
     "BatchNormalization": _elementwise, "Relu": _elementwise, "Clip": _elementwise, "Sign": _elementwise,
     "Add": _elementwise, "Sub": _elementwise, "Mul": _elementwise, "Div": _elementwise,
-    "Softmax": _softmax,
+    "Softmax": _softmax, "Trunc": _elementwise,
 }

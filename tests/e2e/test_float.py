@@ -36,3 +36,35 @@ def test_float_cnn(ceil_mode, include_pad):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
     assert np.array_equal(got[0].argmax(1), want[0].argmax(1))
+
+
+def quantized_values_net(trunc_v2=False):
+    """Quantizers whose values feed float ops: Relu -> Quant(4, unsigned) -> AveragePool ->
+    Trunc -> MultiThreshold (values) -> BipolarQuant (values) -> Gemm."""
+    b = builders.Builder(5)
+    x = b.node("Relu", ["x"])
+    q = b.quant(x, 2.0 ** -2, 4, signed=0, rounding="HALF_UP")
+    a = b.node("AveragePool", [q], kernel_shape=[2, 2], strides=[2, 2])
+    if trunc_v2:
+        t = b.node("Trunc", [a, b.const(2.0 ** -4), b.const(0.0), b.const(8.0), b.const(2.0 ** -2), b.const(4.0)],
+                   builders.Q, rounding_mode="FLOOR", signed=0, narrow=0)
+    else:
+        t = b.node("Trunc", [a, b.const(2.0 ** -4), b.const(0.0), b.const(8.0), b.const(6.0)], builders.Q,
+                   rounding_mode="FLOOR")
+    m = b.node("MultiThreshold", [t, b.const(np.sort(b.rng.integers(0, 8, (4, 3)) * 0.25, axis=1))], builders.Q,
+               out_scale=0.5, out_bias=-0.75, out_dtype="INT4")
+    s = b.bipolar(b.node("Sub", [m, b.const(0.25)]), 0.5)
+    f = b.node("Flatten", [s], axis=1)
+    y = b.node("Gemm", [f, b.const(b.rng.standard_normal((6, 4 * 4 * 4))), b.const(np.zeros(6))], transB=1)
+    return b.model({"x": [1, 4, 8, 8]}, {y: 2, m: 4, t: 4})
+
+
+@pytest.mark.parametrize("trunc_v2", [False, True])
+def test_quantizer_values_and_trunc(trunc_v2):
+    model = quantized_values_net(trunc_v2)
+    feeds = {"x": (np.random.default_rng(2).integers(-16, 48, (32, 4, 8, 8)) * 2.0 ** -4).astype(np.float32)}
+    got = InferenceSession(model).run(None, feeds)
+    want = run_reference(model, feeds)
+    for g, w in zip(got[1:], want[1:]):  # quantized intermediates: exact
+        assert np.array_equal(g, w)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)

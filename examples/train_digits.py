@@ -1,4 +1,9 @@
 #!/usr/bin/env python3
+# Regenerate the committed models (run from the repository root; each run also
+# rewrites examples/models/digits_inputs.npz only if its content would change):
+#   python examples/train_digits.py --bits w1a1 --epochs 40 --out examples/models/digits_w1a1.onnx
+#   python examples/train_digits.py --bits w1a2 --epochs 40 --out examples/models/digits_w1a2.onnx
+#   python examples/train_digits.py --bits w2a2 --epochs 40 --out examples/models/digits_w2a2.onnx
 """Train a small binarized CNN on scikit-learn's 8x8 digits and export it as QONNX.
 
 This script produces the reference models that qcc compiles in its examples and
@@ -33,9 +38,16 @@ as an unsigned 8-bit integer (8*k), so the input quantizer never rounds and no
 rounding ties can arise in a compiled model.
 
 The hidden-layer quantizers come from the ``QUANT_CONFIGS`` table keyed by
-``--bits``.  ``w1a1`` is the main configuration; ``w1a2`` and ``w2a2`` are
-provided as examples of how to add wider quantizers (they export as QONNX
-``Quant`` nodes instead of ``BipolarQuant``).
+``--bits``.  ``w1a1`` is the main configuration.  The two wider ones replace
+every "BatchNorm, binary act" (including the one after the first conv) by
+"BatchNorm, ``QuantReLU``" with a 2-bit *unsigned* activation quantizer whose
+per-tensor float scale is learned (initialised from a percentile of the
+activations, HWGQ style); it exports as ``Relu -> Quant(signed=0, bitwidth=2)``:
+
+``w1a2``  binary weights (as in ``w1a1``), 2-bit unsigned activations {0..3}*s
+``w2a2``  2-bit signed *non-narrow* weights {-2, -1, 0, 1}*s with a learned
+          per-output-channel scale (``Quant(signed=1, narrow=0, bitwidth=2)``),
+          2-bit unsigned activations
 
 Outputs
     ``--out``      the QONNX model (default ``examples/models/digits_<bits>.onnx``)
@@ -73,11 +85,13 @@ from torch import nn  # noqa: E402
 import brevitas.nn as qnn  # noqa: E402
 from brevitas.core.scaling import ScalingImplType  # noqa: E402
 from brevitas.quant import (  # noqa: E402
+    Int8WeightPerChannelFloat,
     Int8WeightPerTensorFloat,
     SignedBinaryActPerTensorConst,
     SignedBinaryWeightPerTensorConst,
+    Uint8ActPerTensorFloat,
 )
-from brevitas.quant.base import IntQuant, UintQuant  # noqa: E402
+from brevitas.quant.base import UintQuant  # noqa: E402
 from brevitas.quant.base import PerTensorFloatScaling8bit  # noqa: E402
 from brevitas.quant.solver import ActQuantSolver  # noqa: E402
 
@@ -110,17 +124,27 @@ class BinaryActQuant(SignedBinaryActPerTensorConst):
     """Binary activations in {-1, +1}: sign(x), with sign(0) = +1."""
 
 
-class Int2ActQuant(IntQuant, PerTensorFloatScaling8bit, ActQuantSolver):
-    """Signed 2-bit activations {-2, -1, 0, 1} * 0.5 (constant scale)."""
-    scaling_impl_type = ScalingImplType.CONST
-    min_val = -1.0
-    max_val = 1.0
+class Uint2ActQuant(Uint8ActPerTensorFloat):
+    """Unsigned 2-bit activations {0, 1, 2, 3} * s for use in ``QuantReLU``.
+
+    ``s`` is a learned per-tensor float parameter, initialised from the
+    99.999th percentile of the ReLU output over the first training steps.
+    """
     bit_width = 2
+    collect_stats_steps = 100
 
 
-class Int2WeightQuant(Int8WeightPerTensorFloat):
-    """Narrow signed 2-bit weights {-1, 0, 1} * s, s from max |w| (learned)."""
+class Int2WeightQuant(Int8WeightPerChannelFloat):
+    """Non-narrow signed 2-bit weights {-2, -1, 0, 1} * s[c], per output channel.
+
+    The scale is a learned parameter initialised from max |w| of each output
+    channel.  With a plain max-based scale the level -2 could never be reached
+    (|w| / max|w| <= 1 rounds to at most 1); learning the scale lets it shrink
+    below max|w| / 1.5 so that the most negative weights use -2.
+    """
     bit_width = 2
+    narrow_range = False
+    scaling_impl_type = ScalingImplType.PARAMETER_FROM_STATS
 
 
 @dataclass(frozen=True)
@@ -133,12 +157,13 @@ class QuantConfig:
     weight_quant: Any   # Brevitas weight quantizer for hidden conv/linear
     act_quant: Any      # Brevitas activation quantizer after each BatchNorm
     lr: float = 1e-2
+    relu: bool = False  # True: QuantReLU(act_quant) instead of QuantIdentity(act_quant)
 
 
 QUANT_CONFIGS: dict[str, QuantConfig] = {
     "w1a1": QuantConfig(weight_quant=BinaryWeightQuant, act_quant=BinaryActQuant),
-    "w1a2": QuantConfig(weight_quant=BinaryWeightQuant, act_quant=Int2ActQuant),
-    "w2a2": QuantConfig(weight_quant=Int2WeightQuant, act_quant=Int2ActQuant),
+    "w1a2": QuantConfig(weight_quant=BinaryWeightQuant, act_quant=Uint2ActQuant, relu=True),
+    "w2a2": QuantConfig(weight_quant=Int2WeightQuant, act_quant=Uint2ActQuant, relu=True),
 }
 
 
@@ -153,6 +178,8 @@ class DigitsBNN(nn.Module):
         super().__init__()
 
         def act() -> nn.Module:
+            if cfg.relu:
+                return qnn.QuantReLU(act_quant=cfg.act_quant, return_quant_tensor=True)
             return qnn.QuantIdentity(act_quant=cfg.act_quant, return_quant_tensor=True)
 
         def conv(cin: int, cout: int, **kw: Any) -> nn.Module:
@@ -300,10 +327,27 @@ def main(argv: list[str] | None = None) -> int:
     export(model, out)
     print(f"wrote {out} ({os.path.getsize(out)} bytes)")
 
-    inputs_path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(inputs_path, x=x_te[:N_SAVED_INPUTS].copy(), y=y_te[:N_SAVED_INPUTS].copy())
-    print(f"wrote {inputs_path} ({os.path.getsize(inputs_path)} bytes)")
+    save_inputs(inputs_path, x_te[:N_SAVED_INPUTS].copy(), y_te[:N_SAVED_INPUTS].copy())
     return 0
+
+
+def save_inputs(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    """Write the test-input ``.npz`` unless ``path`` already holds exactly these arrays.
+
+    ``np.savez`` stamps the current time into the zip, so rewriting an unchanged
+    file would still change its bytes.
+    """
+    if path.exists():
+        with np.load(path) as old:
+            same = (sorted(old.files) == ["x", "y"]
+                    and all(old[k].dtype == v.dtype and old[k].shape == v.shape
+                            and np.array_equal(old[k], v) for k, v in (("x", x), ("y", y))))
+        if same:
+            print(f"kept {path} (unchanged)")
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=x, y=y)
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
+MAX_TAPS = 256  # kh * kw of the bit-plane kernels (their padding bookkeeping is on the stack)
 
 
 @dataclass(frozen=True)
@@ -39,18 +40,25 @@ def _k(family: str, operands: str, **params) -> KernelSpec:
     return KernelSpec(family, operands, params=tuple(sorted(params.items())))
 
 
+OUTS = ("f32", "bits", "i16")
+
 KERNELS: tuple[KernelSpec, ...] = (
     _k("transpose", "nchw2nhwc_f32", to_nhwc=True),
     _k("transpose", "nhwc2nchw_f32", to_nhwc=False),
-    *(_k("quantize", f"{mode}_{out}", mode=mode, out=out)
-      for mode in ("round", "sign", "thr") for out in ("f32", "bits")),
+    *(_k("quantize", f"{mode}_{out}", mode=mode, out=out) for mode in ("round", "sign", "thr") for out in OUTS),
     _k("im2col", "b64"),
-    *(_k("bgemm", f"pm1xpm1_{out}", out=out, max_taps=256) for out in ("f32", "bits", "levels")),
-    *(_k("fconv", f"f32_{out}", out=out) for out in ("f32", "bits", "levels")),
-    _k("pool", "max_bits", kind="max", bits=True),
-    _k("pool", "max_f32", kind="max", bits=False),
-    _k("pool", "avg_f32", kind="avg", bits=False),
-    _k("unpack", "bits_f32"),
+    *(_k("bgemm", f"pm1xpm1_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
+    *(_k("pgemm", f"planes_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
+    *(_k("iconv", f"i16_{out}", out=out) for out in OUTS),
+    _k("fconv", "f32_f32"),
+    _k("pool", "max_bits", kind="max", storage="bits"),
+    _k("pool", "max_planes", kind="max", storage="planes"),
+    _k("pool", "max_i16", kind="max", storage="i16"),
+    _k("pool", "max_f32", kind="max", storage="f32"),
+    _k("pool", "avg_f32", kind="avg", storage="f32"),
+    _k("unpack", "bits_f32", src="bits", dst="f32"),
+    _k("unpack", "bits_i16", src="bits", dst="i16"),
+    _k("unpack", "i16_f32", src="i16", dst="f32"),
     _k("softmax", "f32"),
 )
 BY_NAME = {k.name: k for k in KERNELS}

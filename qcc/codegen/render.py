@@ -15,12 +15,13 @@ import jinja2
 import numpy as np
 
 import qcc
-from qcc.codegen.kernels import KERNEL_DIR, KernelSpec, find
+from qcc.codegen.kernels import KERNEL_DIR, MAX_TAPS, KernelSpec, find
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node
-from qcc.ir.kernels_ref import pack_bits, words
+from qcc.ir.kernels_ref import pack_bits, pack_planes, words
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+CTYPES = {"f32": "float", "i16": "int16_t", "bits": "uint64_t"}
 ROUNDING = {"ROUND": "QCC_ROUND", "CEIL": "QCC_CEIL", "FLOOR": "QCC_FLOOR", "UP": "QCC_UP",
             "DOWN": "QCC_DOWN", "HALF_UP": "QCC_HALF_UP", "HALF_DOWN": "QCC_HALF_DOWN"}
 
@@ -100,7 +101,7 @@ class _Ptr:
 
     def __call__(self, name: str, const: bool = False) -> str:
         t = self.g.tensors[name]
-        ctype = "uint64_t" if t.dtype == "bits" else "float"
+        ctype = CTYPES[t.dtype]
         q = "const " if const else ""
         r = self.root[name]
         if r in self.in_off:
@@ -127,7 +128,7 @@ def _quantize(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     x = p.g.tensors[n.inputs[0]]
     c = x.shape[-1]
     mode = {"round": "round", "sign": "sign", "thresholds": "thr"}[a.mode]
-    fn = u.use(find("quantize", f"{mode}_{'bits' if a.out_bits else 'f32'}"))
+    fn = u.use(find("quantize", f"{mode}_{a.out}"))
     pre = f"L{i}"
     s_, z_ = (np.asarray(v if v is not None else d, np.float32).reshape(-1) for v, d in ((a.scale, 1.0), (a.zero, 0.0)))
     nparam = max(s_.size, z_.size)  # one value each, or one per channel
@@ -140,18 +141,36 @@ def _quantize(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         nparam, nthr = t.shape
         thr = u.array(f"{pre}_thr", "float", t)
     return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {_rows(x.shape)}, {c}, {scale}, {zero}, {nparam}, "
-            f"{cfloat(a.clamp[0])}, {cfloat(a.clamp[1])}, {ROUNDING[a.rounding]}, {thr}, {nthr}, {a.spec.lo}, {a.spec.step});"]
+            f"{cfloat(a.clamp[0])}, {cfloat(a.clamp[1])}, {ROUNDING[a.rounding]}, {thr}, {nthr}, {a.spec.lo}, {a.spec.step}, "
+            f"{a.spec.bits});"]
 
 
 def _geom(u: Unit, i: int, n: Node, x, y) -> str:
     a = n.attrs.conv
     nb, h, w, c = x.shape
     _, oh, ow, co = y.shape
+    planes = x.quant.bits if x.dtype == "bits" else 1
     name = f"L{i}_geom"
-    u.structs.append(f"static const qcc_conv_geom {name} = {{ /* n, h, w, c, oh, ow, co, kh, kw, sh, sw, pt, pl, group */\n"
+    u.structs.append(f"static const qcc_conv_geom {name} = {{ /* n, h, w, c, oh, ow, co, kh, kw, sh, sw, pt, pl, group, planes */\n"
                      f"    {nb}, {h}, {w}, {c}, {oh}, {ow}, {co}, {a.kernel[0]}, {a.kernel[1]}, "
-                     f"{a.strides[0]}, {a.strides[1]}, {a.pads[0]}, {a.pads[1]}, {a.group}}};")
+                     f"{a.strides[0]}, {a.strides[1]}, {a.pads[0]}, {a.pads[1]}, {a.group}, {planes}}};")
     return name
+
+
+def _transform(u: Unit, pre: str, a) -> str:
+    """The layer's output transform as a static const struct; returns its name."""
+    if a.thr is None:
+        mul = u.array(f"{pre}_mul", "float", a.mul) if a.mul is not None else "NULL"
+        bias = u.array(f"{pre}_bias", "float", a.bias) if a.bias is not None else "NULL"
+        u.structs.append(f"static const qcc_affine {pre}_out = {{ {mul}, {bias} }};")
+    else:
+        t = a.thr
+        thr = u.array(f"{pre}_thr", "int32_t", np.clip(t.thr, -(1 << 31), (1 << 31) - 1),
+                      f"thresholds [{t.thr.shape[0]}][{t.thr.shape[1]}] on the accumulator")
+        sign = u.array(f"{pre}_sign", "int8_t", t.sign)
+        u.structs.append(f"static const qcc_thresholds {pre}_out = {{ /* thr, sign, nthr, lo, step, planes */\n"
+                         f"    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, {t.spec.step}, {t.spec.bits}}};")
+    return f"&{pre}_out"
 
 
 def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
@@ -159,55 +178,65 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     x, y = p.g.tensors[n.inputs[0]], p.g.tensors[n.outputs[0]]
     geom = _geom(u, i, n, x, y)
     pre = f"L{i}"
-    out = "f32" if a.thr is None else ("bits" if a.out_bits else "levels")
-    if a.thr is None:
-        mul = u.array(f"{pre}_mul", "float", a.mul) if a.mul is not None else "NULL"
-        bias = u.array(f"{pre}_bias", "float", a.bias) if a.bias is not None else "NULL"
-        tail = f"{mul}, {bias}, {p(n.outputs[0])}"
-    else:
-        t = a.thr
-        thr = u.array(f"{pre}_thr", "int32_t", np.clip(t.thr, -(1 << 31), (1 << 31) - 1))
-        sign = u.array(f"{pre}_sign", "int8_t", t.sign)
-        tail = f"{thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, {t.spec.step}, {p(n.outputs[0])}"
+    out = _transform(u, pre, a)
+    yp = p(n.outputs[0])
+    co, kh, kw, cig = a.weight.shape
     if x.dtype == "bits":
-        co, kh, kw, ci = a.weight.shape
-        if kh * kw > 256:
-            raise QccError(f"kernel {kh}x{kw} is larger than the binary kernels support (256 taps)", node=n.name)
-        bits = (a.weight > 0).astype(np.uint8)  # (co, kh, kw, ci) -> packed along ci
-        packed = pack_bits(bits)  # (co, kh, kw, words)
-        wpop = bits.sum(axis=3).reshape(co, kh * kw)
-        wt = u.array(f"{pre}_weight", "uint64_t", packed, f"packed bipolar weights [{co}][{kh}][{kw}][{words(ci)}]")
-        wp = u.array(f"{pre}_wpop", "uint16_t", wpop, "+1 weights per tap, for the padding correction")
+        if kh * kw > MAX_TAPS:
+            raise QccError(f"kernel {kh}x{kw} is larger than the bit-plane kernels support ({MAX_TAPS} taps)", node=n.name)
         scratch_off, _ = p.g.meta["scratch"][i]
         col = f"(uint64_t *)(A + {scratch_off})"
         im2col = u.use(find("im2col", "b64"))
-        gemm = u.use(find("bgemm", f"pm1xpm1_{out}"))
+        codes = a.w_spec.to_code(a.weight)  # (co, kh, kw, ci)
+        if a.x_spec.bipolar and a.w_spec.bipolar:
+            wt = u.array(f"{pre}_weight", "uint64_t", pack_bits(codes.astype(np.uint8)),
+                         f"packed bipolar weights [{co}][{kh}][{kw}][{words(cig)}]")
+            wp = u.array(f"{pre}_wpop", "uint16_t", codes.sum(axis=3).reshape(co, kh * kw),
+                         "+1 weights per tap, for the padding correction")
+            gemm = u.use(find("bgemm", f"pm1xpm1_{a.out}"))
+            return [f"{im2col}({p(n.inputs[0], True)}, {col}, &{geom});",
+                    f"{gemm}({col}, {wt}, {wp}, &{geom}, {out}, {yp});"]
+        wplanes = a.w_spec.bits
+        wt = u.array(f"{pre}_weight", "uint64_t", pack_planes(codes, wplanes),
+                     f"weight codes as planes [{co}][{kh}][{kw}][{wplanes}][{words(cig)}]")
+        cwtap = codes.sum(axis=3).reshape(co, kh * kw)
+        cws = u.array(f"{pre}_cwsum", "int32_t", cwtap.sum(axis=1), "sum of weight codes per output channel")
+        cwt = u.array(f"{pre}_cwtap", "int32_t", cwtap, "sum of weight codes per tap, for the padding correction")
+        gemm = u.use(find("pgemm", f"planes_{a.out}"))
+        xs, ws = a.x_spec, a.w_spec
         return [f"{im2col}({p(n.inputs[0], True)}, {col}, &{geom});",
-                f"{gemm}({col}, {wt}, {wp}, &{geom}, {tail});"]
-    wt = u.array(f"{pre}_weight", "float", a.weight, f"weights [{'][' .join(str(d) for d in a.weight.shape)}]")
-    fn = u.use(find("fconv", f"f32_{out}"))
-    return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {tail});"]
+                f"{gemm}({col}, {wt}, {cws}, {cwt}, {xs.lo}, {xs.step}, {ws.lo}, {ws.step}, {wplanes}, &{geom}, {out}, {yp});"]
+    if x.dtype == "i16":
+        wt = u.array(f"{pre}_weight", "int16_t", a.weight, f"weight levels [{co}][{kh}][{kw}][{cig}]")
+        fn = u.use(find("iconv", f"i16_{a.out}"))
+        return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {out}, {yp});"]
+    wt = u.array(f"{pre}_weight", "float", a.weight, f"weights [{co}][{kh}][{kw}][{cig}]")
+    fn = u.use(find("fconv", "f32_f32"))
+    return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {out}, {yp});"]
 
 
 def _pool(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     a = n.attrs
     x, y = p.g.tensors[n.inputs[0]], p.g.tensors[n.outputs[0]]
-    bits = x.dtype == "bits"
-    fn = u.use(find("pool", f"{a.kind}_{'bits' if bits else 'f32'}"))
+    planes = a.levels.bits if x.dtype == "bits" else 1
+    storage = ("bits" if planes == 1 else "planes") if x.dtype == "bits" else x.dtype
+    fn = u.use(find("pool", f"{a.kind}_{storage}"))
     nb, h, w, c = x.shape
     _, oh, ow, _ = y.shape
     name = f"L{i}_geom"
     u.structs.append(f"static const qcc_pool_geom {name} = {{ /* n, h, w, c, oh, ow, kh, kw, sh, sw, pt, pl, pb, pr, count_include_pad */\n"
                      f"    {nb}, {h}, {w}, {c}, {oh}, {ow}, {a.kernel[0]}, {a.kernel[1]}, {a.strides[0]}, {a.strides[1]}, "
                      f"{a.pads[0]}, {a.pads[1]}, {a.pads[2]}, {a.pads[3]}, {int(a.count_include_pad)}}};")
-    return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, &{name});"]
+    return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, &{name}, {planes});"]
 
 
 def _unpack(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
+    a = n.attrs
     x = p.g.tensors[n.inputs[0]]
-    scale = u.array(f"L{i}_scale", "float", n.attrs)
-    fn = u.use(find("unpack", "bits_f32"))
-    return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {_rows(x.shape)}, {x.shape[-1]}, {scale});"]
+    scale = u.array(f"L{i}_scale", "float", a.spec.channel_scale(a.channels)) if a.out == "f32" else "NULL"
+    fn = u.use(find("unpack", f"{x.dtype}_{a.out}"))
+    return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {_rows(x.shape)}, {a.channels}, {a.spec.bits}, "
+            f"{a.spec.lo}, {a.spec.step}, {scale});"]
 
 
 def _ew(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:

@@ -4,9 +4,15 @@ These are the oracles of the kernel families: each C variant is tested against t
 function here. They are written as plain maths (unpack, compute, pack), never mirroring
 the C algorithm, so that a shared mistake is unlikely.
 
-Storage: 4-D activations are NHWC. A ``bits`` tensor holds bipolar levels (+1 as bit 1,
--1 as bit 0) packed along channels: uint64 words, bit ``i`` of word ``j`` is channel
-``64 * j + i``, shape (N, H, W, ceil(C / 64)); unused tail bits are 0.
+Storage of 4-D activations is NHWC, in one of three forms:
+
+* ``f32``: float32 values (or levels, where a tensor's ``quant`` says so);
+* ``i16``: integer levels ``q`` as int16;
+* ``bits``: levels as bit planes. ``q = lo + step * code`` with ``code = sum_p 2^p b_p``;
+  each plane is packed along channels into uint64 words, bit ``i`` of word ``j`` being
+  channel ``64 * j + i``; a pixel holds its planes one after another, so the last axis
+  has ``planes * ceil(C / 64)`` words. Unused tail bits are 0. A bipolar tensor is one
+  plane whose bit 1 means +1.
 """
 from __future__ import annotations
 
@@ -15,8 +21,10 @@ import numpy as np
 from qcc.ir.graph import Node, Tensor
 from qcc.ir.interp import F32, conv2d, pool2d, round_mode
 from qcc.ir.ops import ConvAttrs, PoolAttrs
+from qcc.ir.quant import QuantSpec
 
 WORD = 64
+STORAGE = {"f32": F32, "i16": np.int16, "bits": np.uint64}
 
 
 def words(channels: int) -> int:
@@ -40,8 +48,34 @@ def unpack_bits(packed: np.ndarray, channels: int) -> np.ndarray:
     return b[..., :channels]
 
 
+def pack_planes(codes: np.ndarray, planes: int) -> np.ndarray:
+    """(..., C) codes -> (..., planes * words(C)): plane p holds bit p of every code."""
+    codes = np.asarray(codes, np.int64)
+    return np.concatenate([pack_bits(((codes >> p) & 1).astype(np.uint8)) for p in range(planes)], axis=-1)
+
+
+def unpack_planes(packed: np.ndarray, channels: int, planes: int) -> np.ndarray:
+    """Inverse of :func:`pack_planes`: the codes, int64."""
+    wd = words(channels)
+    return sum(unpack_bits(packed[..., p * wd:(p + 1) * wd], channels).astype(np.int64) << p for p in range(planes))
+
+
+def levels(x: np.ndarray, spec: QuantSpec, channels: int) -> np.ndarray:
+    """Integer levels (int64) held by a ``bits`` or ``i16`` (or f32 levels) tensor."""
+    if x.dtype == np.uint64:
+        return spec.lo + spec.step * unpack_planes(x, channels, spec.bits)
+    return np.asarray(x).astype(np.int64)
+
+
+def store(q: np.ndarray, spec: QuantSpec, out: str) -> np.ndarray:
+    """Levels ``q`` in storage ``out``."""
+    if out == "bits":
+        return pack_planes(spec.to_code(q), spec.bits)
+    return np.asarray(q).astype(STORAGE[out])
+
+
 def pm1(packed: np.ndarray, channels: int) -> np.ndarray:
-    """Bipolar levels (-1/+1, int64) of a bits tensor."""
+    """Bipolar levels (-1/+1, int64) of a one-plane bits tensor."""
     return 2 * unpack_bits(packed, channels).astype(np.int64) - 1
 
 
@@ -56,20 +90,18 @@ def _nhwc(x: np.ndarray) -> np.ndarray:
 
 
 def layer(n: Node, x: np.ndarray) -> np.ndarray:
-    """Conv over NHWC input (bits or float), weights (Co, kh, kw, Ci), fused output transform."""
+    """Conv over NHWC input (levels or floats), weights (Co, kh, kw, Ci/g), fused output transform."""
     a = n.attrs
     w = np.transpose(a.weight, (0, 3, 1, 2))  # OIHW
-    ci = w.shape[1] * a.conv.group
-    if x.dtype == np.uint64:
-        acc = conv2d(_nchw(pm1(x, ci)), w.astype(np.int64), a.conv, np.int64)
+    if a.x_spec is not None:
+        acc = conv2d(_nchw(levels(x, a.x_spec, a.in_channels)), w.astype(np.int64), a.conv, np.int64)
     else:
         acc = conv2d(_nchw(x), w, a.conv, np.float64).astype(F32)
     acc = _nhwc(acc)
     if a.thr is not None:
         t = a.thr
         n_steps = ((acc * t.sign)[..., None] >= t.thr.astype(acc.dtype)).sum(axis=-1)
-        q = t.spec.lo + t.spec.step * n_steps
-        return pack_bits(((q + 1) // 2).astype(np.uint8)) if n.attrs.out_bits else q.astype(F32)
+        return store(t.spec.lo + t.spec.step * n_steps, t.spec, a.out)
     y = acc.astype(F32)
     if a.mul is not None:
         y = (y * a.mul).astype(F32)
@@ -80,11 +112,12 @@ def layer(n: Node, x: np.ndarray) -> np.ndarray:
 
 def pool(n: Node, x: np.ndarray) -> np.ndarray:
     a: PoolAttrs = n.attrs
-    if x.dtype == np.uint64:  # max of bipolar levels = OR of their bits
-        c = x.shape[-1] * WORD
-        q = pool2d(_nchw(unpack_bits(x, c).astype(np.int32)), a)
-        return pack_bits(_nhwc(q).astype(np.uint8))
-    return _nhwc(pool2d(_nchw(x), a)).astype(F32)
+    if x.dtype == np.uint64:  # the max of levels is the level of the max code (step > 0)
+        spec = a.levels
+        c = x.shape[-1] // spec.bits * WORD
+        codes = unpack_planes(x, c, spec.bits)
+        return pack_planes(_nhwc(pool2d(_nchw(codes), a)), spec.bits)
+    return _nhwc(pool2d(_nchw(x), a)).astype(x.dtype)
 
 
 def quantize(n: Node, x: np.ndarray) -> np.ndarray:
@@ -99,15 +132,16 @@ def quantize(n: Node, x: np.ndarray) -> np.ndarray:
         y = ((x / a.scale).astype(F32) + a.zero).astype(F32)
         y = round_mode(np.clip(y, F32(a.clamp[0]), F32(a.clamp[1])).astype(F32), a.rounding)
         q = (y - a.zero).astype(F32)
-    if a.out_bits:
-        return pack_bits(((np.asarray(q) + 1) // 2).astype(np.uint8))
-    return np.asarray(q).astype(F32)
+    return store(np.asarray(q), a.spec, a.out)
 
 
 def unpack(n: Node, x: np.ndarray) -> np.ndarray:
-    """Bits to float: ``scale[c] * (+1 or -1)``."""
-    scale = n.attrs
-    return (pm1(x, scale.size).astype(F32) * scale).astype(F32)
+    """Levels (bits or i16) to real values ``scale[c] * q`` (f32) or to i16 levels."""
+    a = n.attrs
+    q = levels(x, a.spec, a.channels)
+    if a.out == "i16":
+        return q.astype(np.int16)
+    return (q.astype(F32) * a.spec.channel_scale(a.channels)).astype(F32)
 
 
 EW = {
@@ -136,7 +170,7 @@ def softmax(n: Node, x: np.ndarray) -> np.ndarray:
 
 def reshape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """A view with another shape; for bits the last axis stays the packed words."""
-    if x.dtype == np.uint64:
+    if x.dtype == np.uint64:  # the words of a pixel stay together
         shape = tuple(shape[:-1]) + (x.shape[-1],)
     return x.reshape((x.shape[0],) + tuple(shape[1:]))
 
@@ -155,10 +189,11 @@ OPS = {
 
 def to_values(t: Tensor, x: np.ndarray) -> np.ndarray:
     """Real values of a tensor in ONNX (NCHW) order, whatever its storage."""
-    if t.dtype == "bits":
-        x = pm1(x, t.shape[-1])
+    if t.quant is not None:
+        x = levels(x, t.quant, t.shape[-1])
     v = t.quant.decode(x) if t.quant is not None else np.asarray(x, F32)
     return _nchw(v) if t.layout == "NHWC" else v
 
 
-__all__ = ["ConvAttrs", "OPS", "pack_bits", "unpack_bits", "pm1", "to_values", "words"]
+__all__ = ["ConvAttrs", "OPS", "levels", "pack_bits", "pack_planes", "pm1", "store", "to_values",
+           "unpack_bits", "unpack_planes", "words"]

@@ -48,6 +48,7 @@ class PoolAttrs:
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     ceil_mode: bool = False
     count_include_pad: bool = False
+    levels: QuantSpec | None = None  # kernel op on bit planes: how codes map to levels
 
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
         def one(n, k, s, p0, p1):
@@ -162,9 +163,10 @@ class LayerAttrs:
     """One lowered conv/gemm layer (``layer`` kernel op), NHWC in and out.
 
     ``acc[n, y, x, co] = sum over valid taps of in[...] * w[co, ky, kx, ci]`` (padding taps
-    contribute 0), computed exactly on levels (integers) for ``bits`` input, in float for
-    ``f32`` input. Output transform: ``thr`` given -> levels packed as bits (or f32 codes);
-    else ``acc * mul[co] + bias[co]`` in float32.
+    contribute 0), computed exactly on integer levels when ``x_spec`` is given (the input
+    holds levels, as bit planes or int16), in float otherwise. Output transform: ``thr``
+    given -> levels stored as ``out`` (``bits`` planes or ``i16``); else
+    ``acc * mul[co] + bias[co]`` in float32.
     """
 
     conv: ConvAttrs
@@ -172,7 +174,9 @@ class LayerAttrs:
     mul: np.ndarray | None = field(default=None, compare=False)
     bias: np.ndarray | None = field(default=None, compare=False)
     thr: ThresholdAttrs | None = None
-    out_bits: bool = False  # thresholds write packed bipolar bits (else float levels)
+    x_spec: QuantSpec | None = None
+    w_spec: QuantSpec | None = None  # the weights' grid (``weight`` holds its levels)
+    out: str = "f32"  # f32 | bits | i16
     source: str = ""  # the ONNX nodes this layer came from, for comments
 
     @property
@@ -218,7 +222,16 @@ class QuantizeAttrs:
     clamp: tuple[float, float] = (0.0, 0.0)
     rounding: str = "ROUND"
     thresholds: np.ndarray | None = field(default=None, compare=False)
-    out_bits: bool = False
+    out: str = "f32"  # f32 (levels as floats) | bits | i16
+
+
+@dataclass(frozen=True)
+class UnpackAttrs:
+    """Levels (bit planes or int16) to real values ``scale * q`` (``f32``) or int16 levels."""
+
+    spec: QuantSpec
+    channels: int
+    out: str = "f32"
 
 
 @dataclass(frozen=True)

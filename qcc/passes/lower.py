@@ -1,8 +1,9 @@
 """Model ops to kernel ops: NHWC storage, bit packing, fused layers.
 
-Every tensor gets a storage. Bipolar levels are ``bits`` (channels packed 64 to a word);
-other levels are float32 holding the integer levels; values are float32. 4-D tensors
-become NHWC: a graph input is transposed once on entry and a 4-D output once on exit.
+Every tensor gets a storage (see :mod:`qcc.ir.kernels_ref`): levels of at most
+``PLANE_BITS`` bits are ``bits`` planes (channels packed 64 to a word), wider levels are
+``i16``; values are ``f32``. 4-D tensors become NHWC: a graph input is transposed once on
+entry and a 4-D output once on exit.
 
 A layer is ``IntConv`` with its output transform fused:
 
@@ -10,11 +11,11 @@ A layer is ``IntConv`` with its output transform fused:
   (bipolar) or float levels; never a float round trip;
 * ``IntConv -> Mul(m) [-> Add(b)]``: ``float(acc) * m[c] + b[c]`` for a float reader.
 
-``bits x bits`` layers use XNOR-popcount (zero padding is corrected exactly by the
-kernel); every other operand pair runs the float kernel on the levels, which is exact
-while the accumulator stays below 2^24 (checked here). A plain float ``Conv`` runs the
-float kernel on values. Chains of elementwise float ops become one ``ew`` kernel; max
-pooling on bits is an OR.
+A layer on planes costs (input planes x weight planes) popcount passes over K bits; when
+that exceeds ``MAX_PLANE_PAIRS`` (or the conv is grouped) the input is widened to
+``i16`` and the int32 kernel runs on levels instead. Both are exact. A plain float
+``Conv`` runs the float kernel on values. Chains of elementwise float ops become one
+``ew`` kernel; max pooling on levels is a max of codes (an OR for one plane).
 """
 from __future__ import annotations
 
@@ -25,11 +26,18 @@ import numpy as np
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node, Tensor
 from qcc.ir.ops import (EwAttrs, EwStep, LayerAttrs, PoolAttrs, QuantAttrs, QuantizeAttrs, ReshapeAttrs,
-                        TransposeAttrs)
+                        TransposeAttrs, UnpackAttrs)
 from qcc.ir.quant import QuantSpec
 from qcc.passes.base import PassResult, prune
 
-EXACT_F32 = 1 << 24
+PLANE_BITS = 2
+MAX_PLANE_PAIRS = 4
+INT32_MAX = (1 << 31) - 1
+
+
+def storage(spec: QuantSpec) -> str:
+    """Where levels of this grid live: bit planes when narrow, int16 otherwise."""
+    return "bits" if spec.bits <= PLANE_BITS else "i16"
 TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 
 
@@ -103,17 +111,17 @@ class _Lowering:
         if t.quant is None:
             return p
         out = self.new(ir_name + "__values", t.shape, layout=t.layout)
-        c = t.shape[-1]
-        if t.dtype == "bits":
-            return self.emit("unpack", [p], out, t.quant.channel_scale(c), node_name)
-        return self.emit("ew", [p], out, EwAttrs((EwStep("mul", _vec(t.quant.scale)),), node_name), node_name)
+        if t.dtype == "f32":  # levels held as floats
+            return self.emit("ew", [p], out, EwAttrs((EwStep("mul", _vec(t.quant.scale)),), node_name), node_name)
+        return self.emit("unpack", [p], out, UnpackAttrs(t.quant, t.shape[-1]), node_name)
 
-    def float_levels(self, p: str, node_name: str) -> str:
+    def int_levels(self, p: str, node_name: str) -> str:
+        """The levels of bits tensor ``p`` as int16."""
         t = self.tensors[p]
         if t.dtype != "bits":
             return p
-        out = self.new(p + "__f32", t.shape, quant=t.quant, layout=t.layout)
-        return self.emit("unpack", [p], out, np.ones(t.shape[-1], np.float32), node_name)
+        out = self.new(p + "__i16", t.shape, "i16", t.quant, t.layout)
+        return self.emit("unpack", [p], out, UnpackAttrs(t.quant, t.shape[-1], "i16"), node_name)
 
     def output(self, ir_name: str) -> str:
         p = self.values(ir_name, ir_name)
@@ -160,9 +168,9 @@ def _quantizer(low: _Lowering, n: Node) -> None:
     else:
         attrs = QuantizeAttrs("round", spec, scale=_vec(a.scale), zero=_vec(a.zero),
                               clamp=tuple(float(v) for v in a.int_range), rounding=a.rounding)
-    bits = spec.bipolar
-    attrs = dataclasses.replace(attrs, out_bits=bits)
-    out = low.new(n.outputs[0], low.phys_shape(n.outputs[0]), "bits" if bits else "f32", spec, low.layout(n.outputs[0]))
+    kind = storage(spec)
+    attrs = dataclasses.replace(attrs, out=kind)
+    out = low.new(n.outputs[0], low.phys_shape(n.outputs[0]), kind, spec, low.layout(n.outputs[0]))
     low.phys[n.outputs[0]] = low.emit("quantize", [x], out, attrs, n.name)
 
 
@@ -180,19 +188,18 @@ def _intconv(low: _Lowering, n: Node) -> None:
     wl = np.transpose(w_t.data, (0, 2, 3, 1)).astype(np.int32)  # (Co, kh, kw, Ci/g)
     x_spec = g.tensors[n.inputs[0]].quant
     bound = int(x_spec.max_abs * np.abs(wl).reshape(wl.shape[0], -1).sum(axis=1).max())
+    if bound > INT32_MAX:
+        raise QccError(f"the accumulator can reach {bound}, beyond int32", node=n.name, op="Conv")
     xp = low.phys[n.inputs[0]]
-    binary = low.tensors[xp].dtype == "bits" and w_t.quant.bipolar and n.attrs.group == 1
-    if not binary:
-        if bound >= EXACT_F32:
-            raise QccError(f"the accumulator can reach {bound}, beyond float32's exact range (2^24); "
-                           f"wide integer kernels are not supported yet", node=n.name, op="Conv")
-        xp = low.float_levels(xp, n.name)
+    planes = low.tensors[xp].dtype == "bits" and x_spec.bits * w_t.quant.bits <= MAX_PLANE_PAIRS and n.attrs.group == 1
+    if not planes:
+        xp = low.int_levels(xp, n.name)
     mul = bias = thr = None
-    out_name, out_bits, spec = None, False, None
+    out_name, out, spec = None, "f32", None
     if reader is not None and reader.op == "Threshold":
         thr = reader.attrs
         spec = low.spec_for(reader.outputs[0])
-        out_bits = spec.bipolar
+        out = storage(spec)
         out_name = reader.outputs[0]
         low.fused.add(reader.name + "|" + reader.outputs[0])
     elif reader is not None and reader.op == "Mul":
@@ -206,9 +213,10 @@ def _intconv(low: _Lowering, n: Node) -> None:
             low.fused.add(add.name + "|" + out_name)
     else:
         raise QccError("an integer accumulator must feed thresholds or one scale Mul", node=n.name, op="Conv")
-    attrs = LayerAttrs(n.attrs, wl, mul=mul, bias=bias, thr=thr, out_bits=out_bits, source=n.name)
-    out = low.new(out_name, low.phys_shape(out_name), "bits" if out_bits else "f32", spec, "NHWC")
-    low.phys[out_name] = low.emit("layer", [xp], out, attrs, n.name)
+    attrs = LayerAttrs(n.attrs, wl, mul=mul, bias=bias, thr=thr, x_spec=low.tensors[xp].quant,
+                       w_spec=w_t.quant, out=out, source=n.name)
+    y = low.new(out_name, low.phys_shape(out_name), out, spec, "NHWC")
+    low.phys[out_name] = low.emit("layer", [xp], y, attrs, n.name)
 
 
 def _conv(low: _Lowering, n: Node) -> None:
@@ -236,6 +244,8 @@ def _pool(low: _Lowering, n: Node) -> None:
     if a.kind != "max":  # an average of levels is no level: pool the values
         p = low.values(n.inputs[0], n.name)
         t = low.tensors[p]
+    if t.dtype == "bits":
+        a = dataclasses.replace(a, levels=t.quant)
     out = low.new(n.outputs[0], low.phys_shape(n.outputs[0]), t.dtype, t.quant, "NHWC")
     low.phys[n.outputs[0]] = low.emit("pool", [p], out, a, n.name)
 

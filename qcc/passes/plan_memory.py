@@ -21,17 +21,18 @@ def nbytes(t: Tensor) -> int:
         n = 1
         for d in t.shape[:-1]:
             n *= d
-        return 8 * n * words(t.shape[-1])
-    return 4 * t.size
+        return 8 * n * t.quant.bits * words(t.shape[-1])
+    return {"i16": 2, "f32": 4}[t.dtype] * t.size
 
 
 def scratch_bytes(graph: Graph, node) -> int:
-    """im2col rows of packed words for a layer reading bits: (N*OH*OW) x (kh*kw*words(C))."""
-    if node.op != "layer" or graph.tensors[node.inputs[0]].dtype != "bits":
+    """im2col rows of packed words for a layer reading bits: (N*OH*OW) x (kh*kw*planes*words(C))."""
+    x = graph.tensors[node.inputs[0]]
+    if node.op != "layer" or x.dtype != "bits":
         return 0
     out = graph.tensors[node.outputs[0]].shape
     kh, kw = node.attrs.conv.kernel
-    return 8 * out[0] * out[1] * out[2] * kh * kw * words(node.attrs.in_channels)
+    return 8 * out[0] * out[1] * out[2] * kh * kw * x.quant.bits * words(node.attrs.in_channels)
 
 
 def _align(n: int) -> int:

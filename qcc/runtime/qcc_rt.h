@@ -11,12 +11,49 @@
 #define QCC_WORD_BITS 64
 #define QCC_WORDS(c) (((c) + QCC_WORD_BITS - 1) / QCC_WORD_BITS)
 
-/* Geometry of one conv layer, NHWC in and out; weights are [co][ky][kx][ci/group]. */
+/* Geometry of one conv layer, NHWC in and out; weights are [co][ky][kx][ci/group].
+ * planes: bit planes per input pixel when the input is packed (else 1). */
 typedef struct {
     int32_t n, h, w, c;          /* input */
     int32_t oh, ow, co;          /* output */
-    int32_t kh, kw, sh, sw, pt, pl, group;
+    int32_t kh, kw, sh, sw, pt, pl, group, planes;
 } qcc_conv_geom;
+
+/* Output transforms of a layer's accumulator (one per output channel co). */
+typedef struct {         /* levels: q = lo + step * #{j : sign[co] * acc >= thr[co][j]} */
+    const int32_t *thr;  /* [co][nthr], ascending */
+    const int8_t *sign;  /* [co], +1 or -1 */
+    int32_t nthr, lo, step, planes;
+} qcc_thresholds;
+
+typedef struct {         /* values: (float)acc * mul[co] + bias[co]; either may be NULL */
+    const float *mul, *bias;
+} qcc_affine;
+
+static inline int32_t qcc_threshold_count(const qcc_thresholds *t, int32_t co, int32_t acc) {
+    const int32_t s = t->sign[co] * acc, *thr = t->thr + (size_t)co * t->nthr;
+    int32_t cnt = 0;
+    for (int32_t j = 0; j < t->nthr; j++) cnt += s >= thr[j];
+    return cnt;
+}
+
+/* Set channel co's code in a pixel's planes (words per plane: wd); the row starts zeroed. */
+static inline void qcc_put_code(uint64_t *row, int32_t wd, int32_t planes, int32_t co, int32_t code) {
+    for (int32_t p = 0; p < planes; p++)
+        row[(size_t)p * wd + co / 64] |= (uint64_t)((code >> p) & 1) << (co % 64);
+}
+
+static inline int32_t qcc_get_code(const uint64_t *row, int32_t wd, int32_t planes, int32_t c) {
+    int32_t code = 0;
+    for (int32_t p = 0; p < planes; p++) code |= (int32_t)((row[(size_t)p * wd + c / 64] >> (c % 64)) & 1u) << p;
+    return code;
+}
+
+static inline float qcc_affine_apply(const qcc_affine *a, int32_t co, float v) {
+    if (a->mul) v = v * a->mul[co];
+    if (a->bias) v = v + a->bias[co];
+    return v;
+}
 
 /* Geometry of one pooling op, NHWC. */
 typedef struct {

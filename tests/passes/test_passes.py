@@ -96,8 +96,9 @@ def test_lower_and_plan_memory(mlp):
     low = lower(g4).graph
     assert {n.op for n in low.nodes} <= {"quantize", "layer", "unpack", "reshape", "transpose", "ew", "pool"}
     layers = [n for n in low.nodes if n.op == "layer"]
-    assert [low.tensors[n.inputs[0]].dtype for n in layers] == ["f32", "bits", "f32"]
-    assert [n.attrs.out_bits for n in layers] == [True, True, False]
+    # int8 input x pm1 weights: int16 kernel; pm1 x pm1: bits; pm1 x int8 weights (8 plane pairs): int16
+    assert [low.tensors[n.inputs[0]].dtype for n in layers] == ["i16", "bits", "i16"]
+    assert [n.attrs.out for n in layers] == ["bits", "bits", "f32"]
     _same(g4, low, feeds)
     planned = plan_memory(low).graph
     arena = planned.meta["arena"]

@@ -102,7 +102,9 @@ def quant(x: np.ndarray, a: QuantAttrs) -> np.ndarray:
         lo, hi = a.int_range
         y = round_mode(np.clip(y, F32(lo), F32(hi)).astype(F32), a.rounding)
     y = (y - zero).astype(F32)
-    return y.astype(np.int32) if a.codes else (y * scale).astype(F32)
+    if a.codes:  # levels d * (y - z): d = 2 for a half-integer zero point
+        return (y * (1 if a.bits == 1 and a.signed else a.spec().step)).astype(np.int32)
+    return (y * scale).astype(F32)
 
 
 def bipolar_quant(x: np.ndarray, scale: np.ndarray, codes: bool) -> np.ndarray:

@@ -131,7 +131,7 @@ def quantize(n: Node, x: np.ndarray) -> np.ndarray:
     else:
         y = ((x / a.scale).astype(F32) + a.zero).astype(F32)
         y = round_mode(np.clip(y, F32(a.clamp[0]), F32(a.clamp[1])).astype(F32), a.rounding)
-        q = (y - a.zero).astype(F32)
+        q = ((y - a.zero).astype(F32) * F32(a.spec.step)).astype(F32)
     return store(np.asarray(q), a.spec, a.out)
 
 

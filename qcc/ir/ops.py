@@ -82,14 +82,20 @@ class QuantAttrs:
         return 0, (1 << self.bits) - 1 - int(self.narrow)
 
     def spec(self) -> QuantSpec | None:
-        """The grid of the output, if the zero point is one integer (else None: float only)."""
+        """The grid of the output ``s * (y - z)``, ``y`` in ``int_range``, if ``z`` is one value
+        that is an integer (levels ``y - z``) or a half-integer, as for symmetric k-bit
+        weights (levels ``2 * (y - z)``, step 2, scale ``s / 2``). Otherwise None: float only."""
         z = self.zero.reshape(-1)
-        if z.size != 1 or z[0] != np.round(z[0]):
+        if z.size != 1:
             return None
         if self.bits == 1 and self.signed:
             return QuantSpec(-1, 1, 2, self.scale) if z[0] == 0 else None
         lo, hi = self.int_range
-        return QuantSpec(lo - int(z[0]), hi - int(z[0]), 1, self.scale)
+        for d in (1, 2):
+            dz = float(z[0]) * d
+            if dz == round(dz):
+                return QuantSpec(d * lo - round(dz), d * hi - round(dz), d, (self.scale / np.float32(d)).astype(np.float32))
+        return None
 
 
 @dataclass(frozen=True)

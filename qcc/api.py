@@ -22,12 +22,12 @@ def _frontend():
     return frontend
 
 
-def lower_model(model, batch: int = 1) -> tuple[Graph, Graph]:
-    """Import and run every pass: (imported graph, lowered and memory-planned graph)."""
+def lower_model(model, batch: int = 1, skip: tuple[str, ...] = ()) -> tuple[Graph, Graph]:
+    """Import and run every pass (but those in ``skip``): (imported graph, lowered graph)."""
     if batch < 1:
         raise QccError(f"--batch must be >= 1, got {batch}")
     graph = _frontend().import_model(model, batch=batch)
-    return graph, run_passes(graph)
+    return graph, run_passes(graph, skip=skip)
 
 
 def _check_target(target: str) -> str:

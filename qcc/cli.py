@@ -66,7 +66,8 @@ def _inspect(args) -> int:
     from qcc.codegen.inspect import layer_table
 
     graph, low = api.lower_model(args.model)
-    print(layer_table(graph, low))
+    unpruned = api.lower_model(args.model, skip=("remove_dead_channels",))[1] if low.meta.get("dead_channels") else None
+    print(layer_table(graph, low, unpruned))
     return 0
 
 

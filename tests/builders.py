@@ -50,13 +50,13 @@ class Builder:
         ins = [x, w] + ([self.const(bias)] if bias is not None else [])
         return self.node("Conv", ins, kernel_shape=list(kernel), strides=list(strides), pads=list(pads), group=group)
 
-    def batchnorm(self, x, c, gamma=None, mean=None) -> str:
+    def batchnorm(self, x, c, gamma=None, mean=None, beta=None) -> str:
         g = 2.0 ** self.rng.integers(-2, 3, c) * self.rng.choice([-1.0, 1.0], c)  # negative gamma too
         mu = self.rng.integers(-8, 9, c) * 0.25
         g = g if gamma is None else np.asarray(gamma, np.float32)
         mu = mu if mean is None else np.asarray(mean, np.float32)
         var = 4.0 ** self.rng.integers(-1, 3, c)
-        beta = self.rng.integers(-4, 5, c) * 0.125
+        beta = self.rng.integers(-4, 5, c) * 0.125 if beta is None else np.asarray(beta, np.float32)
         return self.node("BatchNormalization", [x, self.const(g), self.const(beta), self.const(mu), self.const(var)],
                          epsilon=0.0)
 

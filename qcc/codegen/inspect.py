@@ -1,47 +1,60 @@
 """``qcc inspect``: what each lowered kernel computes, on how many bits, at what cost."""
 from __future__ import annotations
 
-from qcc.ir.graph import Graph, Node
+from qcc.ir.graph import Graph, Node, Tensor
 from qcc.ir.kernels_ref import words
 from qcc.passes.plan_memory import nbytes
 
 
-def _bits(t) -> str:
-    if t.dtype == "bits":
-        return "pm1"
-    return t.quant.describe() if t.quant is not None else "f32"
+def encoding(t: Tensor) -> str:
+    """pm1, u2, i8 ... for levels (with their storage), f32 for values."""
+    if t.quant is None:
+        return "f32"
+    return t.quant.describe() + ("" if t.dtype == "bits" else f"/{t.dtype}")
 
 
-def _weights(n: Node) -> tuple[str, int, int, int]:
-    """(weight encoding, MACs per output pixel, bytes as compiled, bytes as fp32)."""
+def _layer(n: Node, x: Tensor) -> tuple[str, str, str, int, int]:
+    """(kernel kind, weight encoding, plane pairs, weight bytes as compiled, as fp32)."""
     a = n.attrs
     co, kh, kw, cig = a.weight.shape
     fp32 = 4 * a.weight.size
-    if a.weight.dtype.kind == "i" and set(a.weight.reshape(-1).tolist()) <= {-1, 1}:
-        return "pm1", co * kh * kw * cig, 8 * co * kh * kw * words(cig), fp32
-    kind = "f32" if a.weight.dtype.kind == "f" else "int"
-    return kind, co * kh * kw * cig, fp32, fp32
+    if a.w_spec is None:
+        return "float", "f32", "-", fp32, fp32
+    if x.dtype == "bits":
+        kind = "xnor" if a.x_spec.bipolar and a.w_spec.bipolar else "planes"
+        return kind, a.w_spec.describe(), str(a.x_spec.bits * a.w_spec.bits), 8 * co * kh * kw * a.w_spec.bits * words(cig), fp32
+    return "int16", a.w_spec.describe(), "-", 2 * a.weight.size, fp32
 
 
-def layer_table(graph: Graph, low: Graph) -> str:
-    rows = [("layer", "op", "in", "out", "x", "w", "y", "MACs", "weights", "fp32")]
+def total_macs(low: Graph) -> int:
+    return sum(_macs(n, low) for n in low.nodes if n.op == "layer")
+
+
+def _macs(n: Node, low: Graph) -> int:
+    y = low.tensors[n.outputs[0]]
+    co, kh, kw, cig = n.attrs.weight.shape
+    return y.shape[0] * y.shape[1] * y.shape[2] * co * kh * kw * cig
+
+
+def layer_table(graph: Graph, low: Graph, unpruned: Graph | None = None) -> str:
+    """The table; ``unpruned`` (the same model lowered without dead-channel removal) adds
+    the channel counts and MACs before removal."""
+    rows = [("node", "kernel", "in", "out", "x", "w", "pairs", "y", "MACs", "weights", "fp32")]
     tot_mac = tot_w = tot_f = 0
     for n in low.nodes:
         if n.op == "reshape":
             continue
         x, y = low.tensors[n.inputs[0]], low.tensors[n.outputs[0]]
-        wk, mac, wb, wf = "", 0, 0, 0
+        wk, pairs, mac, wb, wf, op = "-", "-", 0, 0, 0, n.op
         if n.op == "layer":
-            wk, per, wb, wf = _weights(n)
-            mac = y.shape[0] * y.shape[1] * y.shape[2] * per
-            op = "layer/xnor" if x.dtype == "bits" and wk == "pm1" else "layer/fconv"
-        else:
-            op = n.op
+            kind, wk, pairs, wb, wf = _layer(n, x)
+            op = f"layer/{kind}"
+            mac = _macs(n, low)
         tot_mac += mac
         tot_w += wb
         tot_f += wf
         rows.append((n.name[-40:], op, "x".join(map(str, x.shape)), "x".join(map(str, y.shape)),
-                     _bits(x), wk or "-", _bits(y), f"{mac:,}" if mac else "-",
+                     encoding(x), wk, pairs, encoding(y), f"{mac:,}" if mac else "-",
                      f"{wb:,}" if wb else "-", f"{wf:,}" if wf else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -51,4 +64,9 @@ def layer_table(graph: Graph, low: Graph) -> str:
     ratio = tot_f / tot_w if tot_w else 0.0
     lines += ["", f"MACs {tot_mac:,}; weights {tot_w:,} bytes compiled vs {tot_f:,} bytes fp32 ({ratio:.1f}x smaller)",
               f"arena {low.meta['arena_size']:,} bytes; without reuse: activations {acts:,} + im2col scratch {scratch:,} bytes"]
+    for name, (before, after) in low.meta.get("dead_channels", {}).items():
+        lines.append(f"dead channels removed: {name}: {before} -> {after} output channels")
+    if unpruned is not None:
+        was = total_macs(unpruned)
+        lines.append(f"MACs without dead-channel removal: {was:,} ({tot_mac / was:.1%} kept)")
     return "\n".join(lines)

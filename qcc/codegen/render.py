@@ -162,7 +162,9 @@ def _transform(u: Unit, pre: str, a) -> str:
     if a.thr is None:
         mul = u.array(f"{pre}_mul", "float", a.mul) if a.mul is not None else "NULL"
         bias = u.array(f"{pre}_bias", "float", a.bias) if a.bias is not None else "NULL"
-        u.structs.append(f"static const qcc_affine {pre}_out = {{ {mul}, {bias} }};")
+        off = (u.array(f"{pre}_off", "int32_t", a.acc_offset, "accumulator offset of removed constant channels")
+               if a.acc_offset is not None else "NULL")
+        u.structs.append(f"static const qcc_affine {pre}_out = {{ {mul}, {bias}, {off} }};")
     else:
         t = a.thr
         thr = u.array(f"{pre}_thr", "int32_t", np.clip(t.thr, -(1 << 31), (1 << 31) - 1),

@@ -188,7 +188,7 @@ def _arith(fn):
 MODEL_OPS: dict[str, Callable] = {
     "Conv": _conv,
     "Gemm": _gemm,
-    "IntConv": lambda n, x, w: conv2d(x, w, n.attrs, np.int64),
+    "IntConv": lambda n, x, w, off=None: conv2d(x, w, n.attrs, np.int64) + (0 if off is None else off.reshape(1, -1, 1, 1)),
     "BatchNormalization": _batchnorm,
     "Relu": lambda n, x: np.maximum(x, F32(0)).astype(F32),
     "Sign": lambda n, x: np.sign(x).astype(F32),

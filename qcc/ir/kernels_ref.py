@@ -98,6 +98,8 @@ def layer(n: Node, x: np.ndarray) -> np.ndarray:
     else:
         acc = conv2d(_nchw(x), w, a.conv, np.float64).astype(F32)
     acc = _nhwc(acc)
+    if a.acc_offset is not None:
+        acc = acc + a.acc_offset
     if a.thr is not None:
         t = a.thr
         n_steps = ((acc * t.sign)[..., None] >= t.thr.astype(acc.dtype)).sum(axis=-1)

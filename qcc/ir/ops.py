@@ -182,6 +182,7 @@ class LayerAttrs:
     thr: ThresholdAttrs | None = None
     x_spec: QuantSpec | None = None
     w_spec: QuantSpec | None = None  # the weights' grid (``weight`` holds its levels)
+    acc_offset: np.ndarray | None = field(default=None, compare=False)  # int, added to acc (affine output)
     out: str = "f32"  # f32 | bits | i16
     source: str = ""  # the ONNX nodes this layer came from, for comments
 

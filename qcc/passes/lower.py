@@ -187,7 +187,9 @@ def _intconv(low: _Lowering, n: Node) -> None:
     w_t = g.tensors[n.inputs[1]]
     wl = np.transpose(w_t.data, (0, 2, 3, 1)).astype(np.int32)  # (Co, kh, kw, Ci/g)
     x_spec = g.tensors[n.inputs[0]].quant
-    bound = int(x_spec.max_abs * np.abs(wl).reshape(wl.shape[0], -1).sum(axis=1).max())
+    offset = g.const(n.inputs[2]).astype(np.int64) if len(n.inputs) > 2 else None
+    bound = int((x_spec.max_abs * np.abs(wl).reshape(wl.shape[0], -1).sum(axis=1)
+                 + (0 if offset is None else np.abs(offset))).max())
     if bound > INT32_MAX:
         raise QccError(f"the accumulator can reach {bound}, beyond int32", node=n.name, op="Conv")
     xp = low.phys[n.inputs[0]]
@@ -198,6 +200,9 @@ def _intconv(low: _Lowering, n: Node) -> None:
     out_name, out, spec = None, "f32", None
     if reader is not None and reader.op == "Threshold":
         thr = reader.attrs
+        if offset is not None:  # sign * (acc + off) >= t  <=>  sign * acc >= t - sign * off
+            thr = dataclasses.replace(thr, thr=thr.thr - (thr.sign * offset)[:, None])
+            offset = None
         spec = low.spec_for(reader.outputs[0])
         out = storage(spec)
         out_name = reader.outputs[0]
@@ -214,7 +219,7 @@ def _intconv(low: _Lowering, n: Node) -> None:
     else:
         raise QccError("an integer accumulator must feed thresholds or one scale Mul", node=n.name, op="Conv")
     attrs = LayerAttrs(n.attrs, wl, mul=mul, bias=bias, thr=thr, x_spec=low.tensors[xp].quant,
-                       w_spec=w_t.quant, out=out, source=n.name)
+                       w_spec=w_t.quant, out=out, acc_offset=offset, source=n.name)
     y = low.new(out_name, low.phys_shape(out_name), out, spec, "NHWC")
     low.phys[out_name] = low.emit("layer", [xp], y, attrs, n.name)
 

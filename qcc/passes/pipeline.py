@@ -12,20 +12,25 @@ from qcc.passes.gemm_to_conv import gemm_to_conv
 from qcc.passes.integer_conv import integer_conv
 from qcc.passes.lower import lower
 from qcc.passes.plan_memory import plan_memory
+from qcc.passes.remove_dead_channels import remove_dead_channels
 
 PASSES: tuple[Callable[[Graph], PassResult], ...] = (
     fold_constants,
     gemm_to_conv,
     integer_conv,
     fold_thresholds,
+    remove_dead_channels,
     lower,
     plan_memory,
 )
 
 
-def run_passes(graph: Graph, upto: str | None = None) -> Graph:
-    """Run the pipeline (optionally stopping after the pass named ``upto``), verifying between passes."""
+def run_passes(graph: Graph, upto: str | None = None, skip: tuple[str, ...] = ()) -> Graph:
+    """Run the pipeline (optionally stopping after the pass named ``upto``, or leaving out the
+    passes named in ``skip``), verifying between passes."""
     for p in PASSES:
+        if p.__name__ in skip:
+            continue
         graph = p(graph).graph
         verify(graph, after=p.__name__)
         if p.__name__ == upto:

@@ -26,8 +26,9 @@ typedef struct {         /* levels: q = lo + step * #{j : sign[co] * acc >= thr[
     int32_t nthr, lo, step, planes;
 } qcc_thresholds;
 
-typedef struct {         /* values: (float)acc * mul[co] + bias[co]; either may be NULL */
+typedef struct {         /* values: (float)(acc + off[co]) * mul[co] + bias[co]; any may be NULL */
     const float *mul, *bias;
+    const int32_t *off;  /* integer accumulator offset (removed constant channels) */
 } qcc_affine;
 
 static inline int32_t qcc_threshold_count(const qcc_thresholds *t, int32_t co, int32_t acc) {

@@ -124,8 +124,11 @@ def test_cnn_with_ties(case, tmp_path):
     _compare(model, feeds, tmp_path)
 
 
-def test_brevitas_digits_model(tmp_path):
-    path = ROOT / "examples" / "models" / "digits_w1a1.onnx"
+@pytest.mark.parametrize("bits", ["w1a1", "w1a2", "w2a2"])
+def test_brevitas_digits_model(tmp_path, bits):
+    """The committed Brevitas exports (examples/train_digits.py): w1a1, w1a2 (2-bit unsigned
+    activations, learned scales), w2a2 (2-bit signed weights, per-channel scales)."""
+    path = ROOT / "examples" / "models" / f"digits_{bits}.onnx"
     data = np.load(ROOT / "examples" / "models" / "digits_inputs.npz")
     feeds = {"input": data["x"]}
     session = InferenceSession(str(path))

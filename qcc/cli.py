@@ -6,6 +6,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -114,6 +115,12 @@ def main(argv=None) -> int:
         return 2
     except MemoryError:
         print("qcc: error: out of memory", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug in qcc: still one line, never a traceback (QCC_DEBUG=1 shows it)
+        if os.environ.get("QCC_DEBUG"):
+            raise
+        print(f"qcc: internal error: {type(e).__name__}: {' '.join(str(e).split())}; "
+              f"please report this model (QCC_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
 
 

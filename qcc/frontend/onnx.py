@@ -85,6 +85,8 @@ class _Ctx:
     nodes: list[Node] = field(default_factory=list)
     extra_consts: dict[str, np.ndarray] = field(default_factory=dict)
     derived: set[str] = field(default_factory=set)  # computed from constants only
+    qparams: dict[str, tuple] = field(default_factory=dict)  # integer tensors: (scale, zero point)
+    elem_type: dict[str, int] = field(default_factory=dict)  # ONNX element type of constants
 
     def name(self, t: str) -> str:
         while t in self.alias:
@@ -107,8 +109,12 @@ class _Ctx:
 
     def emit(self, op: str, node, inputs, attrs=None, outputs=None, name=None) -> None:
         ins = tuple(self.name(i) if i else "" for i in inputs)
-        self.nodes.append(Node(op, ins, tuple(outputs or node.output[:1]), attrs, name or node.name))
+        outs = tuple(outputs or node.output[:1])
+        self.nodes.append(Node(op, ins, outs, attrs, name or node.name))
         self.infer_last()
+        if ins and ins[0] in self.qparams and (op in ("Flatten", "Reshape", "Transpose")
+                                               or (op == "Pool" and attrs.kind == "max")):
+            self.qparams[outs[0]] = self.qparams[ins[0]]  # an integer tensor moved or max-pooled
 
     def shape(self, t: str) -> tuple[int, ...]:
         t = self.name(t)
@@ -407,6 +413,136 @@ def _trunc(ctx: _Ctx, node) -> None:
     ctx.emit("Trunc", node, node.input[:1], attrs)
 
 
+# ---- standard quantization (QDQ and QLinear ops, as onnxruntime.quantization writes them) ----
+#
+# An integer tensor between QuantizeLinear and its readers is represented by its real
+# value ``(q - zp) * scale``: every reader (DequantizeLinear, QLinearConv, QLinearMatMul)
+# must use the producer's own scale and zero point, which is checked. QuantizeLinear is
+# ``q = saturate(round(x / scale) + zp)``; with the zero point moved into the clip range
+# it is the QONNX Quant ``clip(round(x / scale), qmin - zp, qmax - zp) * scale``.
+
+QDQ_RANGES = {
+    onnx.TensorProto.INT8: (-128, 127, 8), onnx.TensorProto.UINT8: (0, 255, 8),
+    onnx.TensorProto.INT16: (-32768, 32767, 16), onnx.TensorProto.UINT16: (0, 65535, 16),
+    onnx.TensorProto.INT4: (-8, 7, 4), onnx.TensorProto.UINT4: (0, 15, 4),
+    onnx.TensorProto.INT2: (-2, 1, 2), onnx.TensorProto.UINT2: (0, 3, 2),
+}
+
+
+def _qdq_type(ctx: _Ctx, node, zp_index: int) -> int:
+    a = _attrs(node)
+    if zp_index < len(node.input) and node.input[zp_index]:
+        t = ctx.elem_type.get(ctx.name(node.input[zp_index]))
+    else:
+        t = a.get("output_dtype") or onnx.TensorProto.UINT8
+    if t not in QDQ_RANGES:
+        names = ", ".join(onnx.TensorProto.DataType.Name(k) for k in QDQ_RANGES)
+        _refuse(node, f"quantized type {onnx.TensorProto.DataType.Name(t) if t else '?'} is not supported; supported: {names}")
+    return t
+
+
+def _per_axis(ctx: _Ctx, node, v: np.ndarray, axis: int, rank: int) -> np.ndarray:
+    """A scale or zero point, shaped to broadcast along ``axis`` of a rank-``rank`` tensor."""
+    v = np.asarray(v)
+    if v.size <= 1:
+        return v.reshape(())
+    if v.ndim != 1:
+        _refuse(node, "blocked quantization (block_size) is not supported; use per-tensor or per-axis")
+    shape = [1] * rank
+    shape[axis % rank] = v.size
+    return v.reshape(shape)
+
+
+def _qparams(ctx: _Ctx, node, x: str, si: int, zi: int, axis: int):
+    """(scale, zero point, (qmin, qmax, bits)) of a Q/DQ-style node, broadcastable to ``x``."""
+    if _attrs(node).get("block_size", 0):
+        _refuse(node, "blocked quantization (block_size) is not supported")
+    rank = len(ctx.shape(x))
+    scale = _per_axis(ctx, node, ctx.const(node, si, "scale").astype(np.float32), axis, rank)
+    _check_scale(node, scale)
+    zp = ctx.const(node, zi, "zero_point", required=False)
+    zp = np.zeros((), np.int64) if zp is None else _per_axis(ctx, node, zp.astype(np.int64), axis, rank)
+    return scale, zp, QDQ_RANGES[_qdq_type(ctx, node, zi)]
+
+
+def _quant_levels(ctx: _Ctx, node, x: str, out: str, scale, zp, qrange) -> None:
+    """QuantizeLinear as an IR Quant whose output is the real value of the integer tensor."""
+    qmin, qmax, bits = qrange
+    if np.asarray(zp).size > 1 and np.unique(zp).size > 1:
+        _refuse(node, "a per-channel zero point on activations is not supported; use one zero point")
+    z = int(np.asarray(zp).reshape(-1)[0])
+    attrs = QuantAttrs(scale=scale, zero=np.zeros((), np.float32), bits=bits, signed=qmin < 0,
+                       clip=(qmin - z, qmax - z))
+    ctx.emit("Quant", node, [x], attrs, outputs=[out])
+    ctx.qparams[out] = (scale, zp)
+
+
+def _quantize_linear(ctx: _Ctx, node) -> None:
+    a = _attrs(node)
+    if not a.get("saturate", 1):
+        _refuse(node, "saturate=0 is not supported")
+    scale, zp, qrange = _qparams(ctx, node, node.input[0], 1, 2, int(a.get("axis", 1)))
+    _quant_levels(ctx, node, node.input[0], node.output[0], scale, zp, qrange)
+
+
+def _same_qparams(ctx: _Ctx, node, x: str, scale, zp) -> None:
+    have = ctx.qparams.get(ctx.name(x))
+    if have is None or not (np.array_equal(have[0], scale) and np.array_equal(have[1], zp)):
+        _refuse(node, f"reads '{x}' with a scale or zero point other than the one it was quantized with; "
+                      f"only matching QuantizeLinear/DequantizeLinear pairs are supported")
+
+
+def _dequantize_linear(ctx: _Ctx, node) -> None:
+    x = node.input[0]
+    axis = int(_attrs(node).get("axis", 1))
+    if ctx.is_const(x) and ctx.elem_type.get(ctx.name(x)) not in QDQ_RANGES:  # e.g. an int32 bias
+        w = ctx.const(node, 0, "x").astype(np.float64)
+        rank = w.ndim
+        scale = _per_axis(ctx, node, ctx.const(node, 1, "scale").astype(np.float32), axis, rank)
+        zp = ctx.const(node, 2, "zero_point", required=False)
+        zp = 0 if zp is None else _per_axis(ctx, node, zp.astype(np.float64), axis, rank)
+        ctx.extra_consts[node.output[0]] = ((w - zp).astype(np.float32) * scale).astype(np.float32)
+        return
+    if ctx.is_const(x):  # quantized weights: the float values, re-quantized so their levels are known
+        w = ctx.const(node, 0, "x").astype(np.int64)
+        scale, zp, (qmin, qmax, bits) = _qparams(ctx, node, x, 1, 2, axis)
+        values = ((w - zp).astype(np.float32) * scale).astype(np.float32)
+        name = _new_const(ctx, node.output[0] + "_values", values)
+        zmin, zmax = int(np.min(zp)), int(np.max(zp))
+        attrs = QuantAttrs(scale=np.broadcast_to(scale, np.broadcast_shapes(scale.shape, np.shape(zp))).astype(np.float32),
+                           zero=np.zeros((), np.float32), bits=bits, signed=True, clip=(qmin - zmax, qmax - zmin))
+        ctx.emit("Quant", node, [name], attrs)
+        return
+    scale, zp, _ = _qparams(ctx, node, x, 1, 2, axis)
+    _same_qparams(ctx, node, x, scale, zp)
+    ctx.alias[node.output[0]] = ctx.name(x)
+
+
+def _qlinear(op: str):
+    """QLinearConv / QLinearMatMul: dequantize, the float op, QuantizeLinear of the result."""
+    def convert(ctx: _Ctx, node) -> None:
+        conv = op == "Conv"
+        x = node.input[0]
+        xs, xz, _ = _qparams(ctx, node, x, 1, 2, 1)
+        _same_qparams(ctx, node, x, xs, xz)
+        w_axis = 0 if conv else 1
+        wnode = onnx.helper.make_node("DequantizeLinear", [node.input[3], node.input[4], node.input[5]],
+                                      [node.output[0] + "_w"], name=(node.name or node.output[0]) + "_w", axis=w_axis)
+        _dequantize_linear(ctx, wnode)
+        inputs = [x, wnode.output[0]]
+        if conv and len(node.input) > 8 and node.input[8]:  # int32 bias, scale x_scale * w_scale
+            ws = ctx.const(node, 4, "w_scale").astype(np.float32).reshape(-1)
+            b = (ctx.const(node, 8, "B").astype(np.float32) * (xs.reshape(-1)[0] * ws)).astype(np.float32)
+            inputs.append(_new_const(ctx, node.output[0] + "_bias", b))
+        y = node.output[0] + "_float"
+        float_node = onnx.helper.make_node(op, inputs, [y], name=node.name,
+                                           **({k: v for k, v in _attrs(node).items()} if conv else {}))
+        (_conv if conv else _matmul)(ctx, float_node)
+        ys, yz, qrange = _qparams(ctx, node, y, 6, 7, 1)
+        _quant_levels(ctx, node, y, node.output[0], ys, yz, qrange)
+    return convert
+
+
 STANDARD: dict[str, Callable] = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "BatchNormalization": _batchnorm,
     "Relu": _unary("Relu"), "Sign": _unary("Sign"), "Clip": _clip,
@@ -415,6 +551,8 @@ STANDARD: dict[str, Callable] = {
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Softmax": _softmax,
     "Add": _binary("Add"), "Sub": _binary("Sub"), "Mul": _binary("Mul"), "Div": _binary("Div"),
     "Identity": _alias, "Dropout": _alias,
+    "QuantizeLinear": _quantize_linear, "DequantizeLinear": _dequantize_linear,
+    "QLinearConv": _qlinear("Conv"), "QLinearMatMul": _qlinear("MatMul"),
 }
 QONNX: dict[str, Callable] = {
     "Quant": _quant, "IntQuant": _quant, "BipolarQuant": _bipolar,
@@ -445,7 +583,9 @@ def import_model(source, batch: int = 1) -> Graph:
         if op.domain in STANDARD_DOMAINS and op.version < 7:
             raise QccError(f"opset {op.version} is too old; qcc supports ONNX opset 7 and newer")
     consts: dict[str, np.ndarray] = {}
+    etypes: dict[str, int] = {}
     for init in g.initializer:
+        etypes[init.name] = init.data_type
         try:
             consts[init.name] = numpy_helper.to_array(init)
         except Exception as e:
@@ -456,6 +596,7 @@ def import_model(source, batch: int = 1) -> Graph:
             if "value" not in a:
                 _refuse(n, "only Constant nodes with a 'value' tensor are supported")
             consts[n.output[0]] = numpy_helper.to_array(a["value"])
+            etypes[n.output[0]] = a["value"].data_type
     for name, arr in consts.items():
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise QccError(f"initializer '{name}' contains NaN or Inf")
@@ -470,7 +611,7 @@ def import_model(source, batch: int = 1) -> Graph:
                            f"{onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)}; only float32 inputs are supported")
         example[vi.name] = np.zeros(_dims(vi, batch, "input"), np.float32)
 
-    ctx = _Ctx(consts, example)
+    ctx = _Ctx(consts, example, elem_type=etypes)
     for n in g.node:
         if n.op_type == "Constant" and n.domain in STANDARD_DOMAINS:
             continue

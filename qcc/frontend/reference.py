@@ -42,7 +42,7 @@ __all__ = ["QONNX_DOMAINS", "expose_all", "reference_session", "run_reference", 
 QONNX_DOMAINS = frozenset({"onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general"})
 _STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 _MIN_OPSET = 13  # the rewrites use opset-13 signatures (Unsqueeze/ReduceSum axes as inputs)
-_MAX_OPSET = 23  # newest default-domain opset handed to onnxruntime (ORT 1.31 has kernels for it)
+_MAX_OPSET = 25  # newest default-domain opset handed to onnxruntime (ORT 1.31 has kernels for it; INT2 needs 25)
 _MAX_IR = 10  # onnxruntime >= 1.18 loads IR 10
 
 

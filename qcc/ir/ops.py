@@ -73,10 +73,13 @@ class QuantAttrs:
     narrow: bool = False
     rounding: str = "ROUND"
     codes: bool = False  # output the levels q (as a tensor with a QuantSpec) instead of values
+    clip: tuple[int, int] | None = None  # explicit integer range (QuantizeLinear's, zero point removed)
 
     @property
     def int_range(self) -> tuple[int, int]:
         """QONNX min_int / max_int of the code before the zero point is removed."""
+        if self.clip is not None:
+            return self.clip
         if self.signed:
             return -(1 << (self.bits - 1)) + int(self.narrow), (1 << (self.bits - 1)) - 1
         return 0, (1 << self.bits) - 1 - int(self.narrow)

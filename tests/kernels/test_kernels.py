@@ -2,24 +2,33 @@
 independent maths.
 
 Each case is a small lowered graph built by hand: a float NCHW input, the conversions a real
-lowered graph has (transpose/reshape to NHWC, a sign quantizer to get packed bits), the kernel op
-under test, and the way back to float NCHW. The graph is memory-planned, rendered, compiled with
-cffi and run; the result is compared with ``qcc.ir.interp.run`` on the same graph.
+lowered graph has (transpose/reshape to NHWC, a quantizer to get levels as bit planes or int16,
+an unpack to widen planes to int16), the kernel op under test, and the way back to float NCHW
+(an unpack of levels to values, a transpose). The graph is memory-planned, rendered, compiled
+with cffi and run; the result is compared with ``qcc.ir.interp.run`` on the same graph.
 
 Not only the graph output is compared: every intermediate tensor is kept alive to the end of the
 run (a trailing ``reshape`` reading it, which generates no code) so that its arena bytes can be
-read back after the call and compared with the oracle, bit for bit. That is how the packed
-``bits`` tensors are checked word for word, unused tail bits included. Each module runs three
-times on an arena pre-filled with 0x00, 0xA5 and 0xFF: results must not depend on stale arena
-contents, nothing may be written outside the arena, the input must stay untouched.
+read back after the call and compared with the oracle, bit for bit. That is how the ``bits``
+tensors are checked word for word, every plane and the unused tail bits included, and ``i16``
+tensors value for value. Each module runs three times on an arena pre-filled with 0x00, 0xA5 and
+0xFF: results must not depend on stale arena contents, nothing may be written outside the arena,
+the input must stay untouched.
 
-Comparisons are exact (bits as uint64 words, floats by value, so -0.0 == +0.0) except where a
-case states a tolerance: float convolutions and average pools on arbitrary (non-dyadic) floats,
-whose summation order legitimately differs from the oracle's float64 sum, and softmax, whose exp
-is a polynomial rather than libm's.
+The oracle itself is checked against independent maths wherever a case can state it: levels
+from the quantizer computed by hand (inputs are built so that the expected level is known), a
+conv of integer levels by shifted slices, pooling one window at a time, Python's ``decimal``
+rounding. Levels of a ``bits`` tensor are read back through a bit-layout helper that is itself
+checked against a naive bit loop (``test_oracle_plane_layout``).
+
+Comparisons are exact (bits as uint64 words, int16 exactly, floats by value, so -0.0 == +0.0)
+except where a case states a tolerance: float convolutions and average pools on arbitrary
+(non-dyadic) floats, whose summation order legitimately differs from the oracle's float64 sum,
+and softmax, whose exp is a polynomial rather than libm's.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -37,9 +46,9 @@ from qcc.codegen.kernels import KERNELS, KernelSpec
 from qcc.codegen.render import RUNTIME_DIR, render
 from qcc.ir import interp
 from qcc.ir.graph import Graph, Node, Tensor
-from qcc.ir.kernels_ref import pm1, unpack_bits, words
+from qcc.ir.kernels_ref import levels, pack_planes, unpack_bits, unpack_planes, words
 from qcc.ir.ops import (ConvAttrs, EwAttrs, EwStep, LayerAttrs, PoolAttrs, QuantizeAttrs,
-                        ReshapeAttrs, SoftmaxAttrs, ThresholdAttrs, TransposeAttrs)
+                        ReshapeAttrs, SoftmaxAttrs, ThresholdAttrs, TransposeAttrs, UnpackAttrs)
 from qcc.ir.quant import QuantSpec
 from qcc.passes.plan_memory import nbytes, plan_memory
 
@@ -50,6 +59,26 @@ CHANNELS = (1, 3, 63, 64, 65, 100, 128)
 GUARD = 256  # bytes checked on each side of the arena
 FILLS = (0x00, 0xA5, 0xFF)
 MODEL = "k"
+
+# Level grids q = lo + step * code used for inputs, weights and pooled tensors.
+GRIDS = {
+    "pm1": BIPOLAR,                   # {-1, +1}: one plane, bit 1 = +1
+    "u1": QuantSpec(0, 1, 1),         # {0, 1}
+    "n1": QuantSpec(-1, 0, 1),        # {-1, 0}: one plane, lo != 0
+    "t": QuantSpec(-1, 1, 1),         # ternary: two planes, code 3 unused
+    "u2": QuantSpec(0, 3, 1),         # unsigned 2-bit
+    "i2": QuantSpec(-2, 1, 1),        # signed 2-bit
+    "o2": QuantSpec(-3, 3, 2),        # {-3, -1, 1, 3}: two planes, step 2
+    "u3": QuantSpec(0, 7, 1),         # three planes (kernels allow it; the lowering widens to i16)
+    "u4": QuantSpec(0, 15, 1),        # int16 storage
+    "i8": QuantSpec(-128, 127, 1),    # int16 storage
+    "w8": QuantSpec(-127, 127, 1),    # narrow int8 weights
+}
+
+
+def storage(spec: QuantSpec) -> str:
+    """The lowering's policy: levels of at most 2 bits are bit planes, wider ones int16."""
+    return "bits" if spec.bits <= 2 else "i16"
 
 
 # =============================================================================== the harness
@@ -88,28 +117,41 @@ class Chain:
         return self.op("transpose", TransposeAttrs(TO_NCHW), (n, c, h, w), layout="NCHW")
 
     def quantize(self, attrs: QuantizeAttrs) -> "Chain":
-        return self.op("quantize", attrs, self.t.shape, "bits" if attrs.out_bits else "f32", self.t.layout, attrs.spec)
+        return self.op("quantize", attrs, self.t.shape, attrs.out, self.t.layout, attrs.spec)
 
     def sign_bits(self) -> "Chain":
-        return self.quantize(QuantizeAttrs("sign", BIPOLAR, out_bits=True))
+        return self.quantize(QuantizeAttrs("sign", BIPOLAR, out="bits"))
 
-    def unpack(self, scale=None) -> "Chain":
-        assert self.t.dtype == "bits"
+    def unpack(self, scale=None, out: str = "f32") -> "Chain":
+        """Levels (bits or i16) to values ``scale[c] * q`` (f32) or to i16 levels."""
+        t = self.t
+        assert t.dtype in ("bits", "i16") and t.quant is not None
+        spec = t.quant if scale is None else t.quant.with_scale(np.asarray(scale, F32))
+        return self.op("unpack", UnpackAttrs(spec, t.shape[-1], out), t.shape, out, t.layout,
+                       t.quant if out == "i16" else None)
+
+    def values(self, q, rng, expect: dict) -> "Chain":
+        """Levels ``q`` (the current tensor) to float values with a per-channel scale, stating them."""
+        if self.t.dtype == "f32":
+            return self
         c = self.t.shape[-1]
-        scale = np.ones(c, F32) if scale is None else np.asarray(scale, F32)
-        return self.op("unpack", scale, self.t.shape, layout=self.t.layout)
+        scale = rng.uniform(-2, 2, c).astype(F32)
+        self.unpack(scale)
+        expect[self.cur] = (np.asarray(q).astype(F32) * scale).astype(F32)
+        return self
 
     def layer(self, attrs: LayerAttrs) -> "Chain":
         n, h, w, _ = self.t.shape
         oh, ow = attrs.conv.out_hw(h, w)
         assert oh >= 1 and ow >= 1
-        dtype = "bits" if attrs.out_bits else "f32"
         quant = attrs.thr.spec if attrs.thr is not None else None
-        return self.op("layer", attrs, (n, oh, ow, attrs.out_channels), dtype, "NHWC", quant)
+        return self.op("layer", attrs, (n, oh, ow, attrs.out_channels), attrs.out, "NHWC", quant)
 
     def pool(self, attrs: PoolAttrs) -> "Chain":
         n, h, w, c = self.t.shape
         oh, ow = attrs.out_hw(h, w)
+        if self.t.dtype == "bits":
+            attrs = dataclasses.replace(attrs, levels=self.t.quant)
         return self.op("pool", attrs, (n, oh, ow, c), self.t.dtype, "NHWC", self.t.quant)
 
     def ew(self, *steps: EwStep) -> "Chain":
@@ -136,7 +178,7 @@ class Chain:
 class Case:
     chain: Chain
     x: np.ndarray
-    expect: dict = field(default_factory=dict)  # tensor -> values (levels for bits), from independent maths
+    expect: dict = field(default_factory=dict)  # tensor -> values (levels for bits/i16), from independent maths
     rtol: float = 0.0
     atol: float = 0.0
     expect_rtol: float = 0.0
@@ -145,6 +187,13 @@ class Case:
 
 def planned(case: Case) -> Graph:
     return plan_memory(case.chain.graph()).graph
+
+
+def storage_shape(t: Tensor) -> tuple[int, ...]:
+    """Shape of a tensor's storage: bits hold planes * words(C) uint64 per pixel."""
+    if t.dtype == "bits":
+        return t.shape[:-1] + (t.quant.bits * words(t.shape[-1]),)
+    return t.shape
 
 
 def run_c(g: Graph, x: np.ndarray, cflags: tuple[str, ...] = ()) -> list[dict[str, np.ndarray]]:
@@ -174,10 +223,8 @@ def run_c(g: Graph, x: np.ndarray, cflags: tuple[str, ...] = ()) -> list[dict[st
             if name.endswith("__keep"):
                 continue
             raw = arena[off:off + nbytes(t)].copy()
-            if t.dtype == "bits":
-                got[name] = raw.view("<u8").reshape(t.shape[:-1] + (words(t.shape[-1]),))
-            else:
-                got[name] = raw.view(F32).reshape(t.shape)
+            dt = {"bits": "<u8", "i16": "<i2", "f32": F32}[t.dtype]
+            got[name] = raw.view(dt).reshape(storage_shape(t))
         results.append(got)
     return results
 
@@ -185,10 +232,14 @@ def run_c(g: Graph, x: np.ndarray, cflags: tuple[str, ...] = ()) -> list[dict[st
 def _compare(what: str, got: np.ndarray, ref: np.ndarray, t: Tensor, rtol: float, atol: float) -> None:
     assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
     if t.dtype == "bits":
-        assert ref.dtype == np.uint64
+        assert ref.dtype == np.uint64, f"{what}: oracle dtype {ref.dtype}"
         bad = np.argwhere(got != ref)
         assert bad.size == 0, (f"{what}: {len(bad)} packed words differ, first at {tuple(bad[0])}: "
                                f"C {int(got[tuple(bad[0])]):#018x} != oracle {int(ref[tuple(bad[0])]):#018x}")
+        return
+    if t.dtype == "i16":
+        assert ref.dtype == np.int16, f"{what}: oracle dtype {ref.dtype}"
+        np.testing.assert_array_equal(got, ref, err_msg=f"{what} (int16 levels)")
         return
     ref = np.asarray(ref, F32)
     assert not np.isnan(got).any() or np.array_equal(np.isnan(got), np.isnan(ref)), f"{what}: NaN in C output"
@@ -201,15 +252,22 @@ def _compare(what: str, got: np.ndarray, ref: np.ndarray, t: Tensor, rtol: float
 def check(case: Case, cflags: tuple[str, ...] = ()) -> None:
     g = planned(case)
     env = interp.run(g, {"x": case.x}, keep_all=True)
-    # the oracle itself: unused tail bits are zero, and it agrees with independent maths
+    # the oracle itself: storage shapes and dtypes, unused tail bits zero in every plane, and it
+    # agrees with independent maths
     for name, t in g.tensors.items():
-        if t.dtype == "bits" and name in env:
-            c = t.shape[-1]
-            tail = unpack_bits(env[name], words(c) * 64)[..., c:]
+        if name not in env or name == "x":
+            continue
+        v = env[name]
+        assert v.shape == storage_shape(t), f"oracle: '{name}' has shape {v.shape}, storage {storage_shape(t)}"
+        assert v.dtype == {"bits": np.uint64, "i16": np.int16, "f32": F32}[t.dtype], \
+            f"oracle: '{name}' is {v.dtype} for {t.dtype} storage"
+        if t.dtype == "bits":
+            c, wd = t.shape[-1], words(t.shape[-1])
+            tail = unpack_bits(v.reshape(v.shape[:-1] + (t.quant.bits, wd)), wd * 64)[..., c:]
             assert not tail.any(), f"oracle: tail bits of '{name}' are not zero"
     for name, want in case.expect.items():
         t = g.tensors[name]
-        have = pm1(env[name], t.shape[-1]) if t.dtype == "bits" else env[name]
+        have = levels(env[name], t.quant, t.shape[-1]) if t.dtype == "bits" else env[name]
         if case.expect_rtol or case.expect_atol:
             np.testing.assert_allclose(have, want, rtol=case.expect_rtol, atol=case.expect_atol,
                                        err_msg=f"oracle vs independent maths: {name}")
@@ -271,6 +329,80 @@ def naive_pool(x: np.ndarray, a: PoolAttrs, oh: int, ow: int) -> np.ndarray:
     return y
 
 
+def naive_planes(codes: np.ndarray, planes: int) -> np.ndarray:
+    """The documented bit layout, one bit at a time: plane p of pixel holds bit p of each code,
+    channel c at bit c % 64 of word c // 64 of that plane; planes follow each other."""
+    lead, c = codes.shape[:-1], codes.shape[-1]
+    wd = words(c)
+    out = np.zeros(lead + (planes * wd,), np.uint64)
+    for idx in np.ndindex(*lead):
+        for ch in range(c):
+            for p in range(planes):
+                if (int(codes[idx + (ch,)]) >> p) & 1:
+                    out[idx + (p * wd + ch // 64,)] |= np.uint64(1 << (ch % 64))
+    return out
+
+
+def grid_input(spec: QuantSpec, shape, rng, mode: str = "", corner_lo: bool = False, extreme: bool = False):
+    """A float NCHW input, the quantizer (its ``out`` still to set) that maps it onto ``spec``, and
+    the levels (NHWC, int64) that quantizer must give, known by construction:
+
+    * sign (bipolar): ``x >= 0`` is +1 (zeros included);
+    * round (step 1): ``x = (t + f) * scale[c]`` with ``t`` an integer up to two beyond the grid,
+      ``f`` in {0, +-1/4} (never a tie), any integer zero point: the level is ``clip(t, lo, hi)``;
+    * thresholds: ``x = lo + step * (k + f)``, thresholds half way between levels: the level is
+      ``lo + step * clip(k, 0, L - 1)``.
+
+    ``corner_lo`` puts the lowest level at pixel (0, 0); ``extreme`` uses only the ends of the grid.
+    """
+    c = shape[1]
+    mode = mode or ("sign" if spec.bipolar else "round" if spec.step == 1 else "thresholds")
+    nlev = spec.levels
+    if mode == "sign":
+        assert spec.bipolar
+        x = rng.standard_normal(shape).astype(F32)
+        x[rng.random(shape) < 0.1] = 0.0
+        if extreme:
+            x[rng.random(shape) < 0.1] = -0.0
+        if corner_lo:
+            x[..., 0, 0] = -1.0
+        q = np.where(x >= 0, 1, -1)
+        attrs = QuantizeAttrs("sign", spec)
+    elif mode == "round":
+        assert spec.step == 1
+        scale = rng.choice(np.array([0.25, 0.5, 1.0, 2.0], F32), c)
+        zero = int(rng.integers(-2, 3))
+        if extreme:
+            t = rng.choice(np.array([spec.lo - 2, spec.lo, spec.hi, spec.hi + 2]), shape)
+        else:
+            t = rng.integers(spec.lo - 2, spec.hi + 3, shape)
+        f = rng.choice(np.array([0.0, 0.25, -0.25]), shape)
+        if corner_lo:
+            t[..., 0, 0], f[..., 0, 0] = spec.lo - 1, 0.0
+        x = ((t + f) * scale[:, None, None]).astype(F32)
+        q = np.clip(t, spec.lo, spec.hi)
+        attrs = QuantizeAttrs("round", spec, scale=scale, zero=np.array(zero, F32),
+                              clamp=(float(spec.lo + zero), float(spec.hi + zero)))
+    else:
+        k = rng.choice(np.array([-1, nlev]), shape) if extreme else rng.integers(-1, nlev + 1, shape)
+        f = rng.choice(np.array([0.0, 0.25, -0.25]), shape)
+        if corner_lo:
+            k[..., 0, 0] = 0
+        x = (spec.lo + spec.step * (k + f)).astype(F32)
+        thr = (spec.lo + spec.step * (np.arange(nlev - 1) + 0.5)).astype(F32)
+        q = spec.lo + spec.step * np.clip(k, 0, nlev - 1)
+        attrs = QuantizeAttrs("thresholds", spec, thresholds=np.tile(thr, (c, 1)))
+    return x, np.ascontiguousarray(q.astype(np.int64).transpose(TO_NHWC)), attrs
+
+
+def grid_weights(spec: QuantSpec, shape, rng) -> np.ndarray:
+    """Weight levels on ``spec`` (Co, kh, kw, Ci/g); output channel 0 all ``hi``, channel 1 all ``lo``."""
+    codes = rng.integers(0, spec.levels, shape)
+    if shape[0] >= 2:
+        codes[0], codes[1] = spec.levels - 1, 0
+    return (spec.lo + spec.step * codes).astype(np.int32)
+
+
 def threshold_table(acc: np.ndarray, bound: int, steps: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel thresholds exercising every edge: values the accumulator reaches (sign +1 and
     -1), constant channels (-B: always, B+1: never, and +-2^40, which the C code clips to int32),
@@ -296,19 +428,28 @@ def threshold_table(acc: np.ndarray, bound: int, steps: int, rng) -> tuple[np.nd
     return thr, sign
 
 
-OUT_SPECS = {"bits": (1, BIPOLAR, True), "levels": (3, QuantSpec(0, 3, 1), False),
-             "levels_pm1": (1, BIPOLAR, False)}
+# Threshold outputs: name -> (storage, grid). Thresholds count L - 1 steps of the grid.
+OUT_LEVELS = {
+    "pm1": ("bits", BIPOLAR),
+    "u1": ("bits", QuantSpec(0, 1, 1)),
+    "u2": ("bits", QuantSpec(0, 3, 1)),
+    "i2": ("bits", QuantSpec(-2, 1, 1)),
+    "o2": ("bits", QuantSpec(-3, 3, 2)),
+    "i16": ("i16", QuantSpec(-4, 4, 1)),
+    "i16s": ("i16", QuantSpec(-100, 100, 25)),
+}
+F32_OUTS = ("f32", "f32_mul", "f32_bias", "f32_mb")
 
 
 def output_transform(out: str, acc: np.ndarray, bound: int, rng) -> tuple[dict, np.ndarray]:
-    """LayerAttrs keywords for output transform ``out``, and the expected output values."""
+    """LayerAttrs keywords for output transform ``out``, and the expected output (levels or values)."""
     co = acc.shape[-1]
-    if out in OUT_SPECS:
-        steps, spec, bits = OUT_SPECS[out]
-        thr, sign = threshold_table(acc, bound, steps, rng)
+    if out in OUT_LEVELS:
+        kind, spec = OUT_LEVELS[out]
+        thr, sign = threshold_table(acc, bound, spec.levels - 1, rng)
         n = ((acc * sign)[..., None] >= thr).sum(axis=-1)
-        q = spec.lo + spec.step * n
-        return dict(thr=ThresholdAttrs(thr, sign, spec), out_bits=bits), (q if bits else q.astype(F32))
+        return dict(thr=ThresholdAttrs(thr, sign, spec), out=kind), spec.lo + spec.step * n
+    assert out in F32_OUTS, out
     mul = rng.uniform(-2, 2, co).astype(F32) if out in ("f32_mul", "f32_mb") else None
     bias = rng.uniform(-3, 3, co).astype(F32) if out in ("f32_bias", "f32_mb") else None
     y = acc.astype(F32)
@@ -316,167 +457,291 @@ def output_transform(out: str, acc: np.ndarray, bound: int, rng) -> tuple[dict, 
         y = (y * mul).astype(F32)
     if bias is not None:
         y = (y + bias).astype(F32)
-    return dict(mul=mul, bias=bias), y
+    return dict(mul=mul, bias=bias, out="f32"), y
 
 
-# ===================================================================== binary layer (bgemm)
+def test_oracle_plane_layout():
+    """pack_planes / unpack_planes / levels against the bit layout written out one bit at a time."""
+    rng = np.random.default_rng(7)
+    for c in (1, 63, 64, 65, 130):
+        for spec in (BIPOLAR, GRIDS["t"], GRIDS["i2"], GRIDS["o2"], GRIDS["u3"]):
+            codes = rng.integers(0, spec.levels, (2, 3, c))
+            packed = pack_planes(codes, spec.bits)
+            np.testing.assert_array_equal(packed, naive_planes(codes, spec.bits), err_msg=f"{spec} c{c}")
+            np.testing.assert_array_equal(unpack_planes(packed, c, spec.bits), codes)
+            np.testing.assert_array_equal(levels(packed, spec, c), spec.lo + spec.step * codes)
+
+
+# ================================================================================== layers
 
 @dataclass(frozen=True)
 class ConvCase:
+    x: str  # grid of the input levels (GRIDS), or "f32" for float values
+    w: str  # grid of the weight levels (GRIDS), or "f32"
     ci: int
     co: int
     hw: tuple[int, int] = (3, 3)
     k: tuple[int, int] = (3, 3)
     s: tuple[int, int] = (1, 1)
     pads: tuple[int, int, int, int] = (1, 1, 1, 1)
-    out: str = "f32_mb"  # f32 | f32_mul | f32_bias | f32_mb | bits | levels | levels_pm1
+    out: str = "f32_mb"  # F32_OUTS or OUT_LEVELS
     n: int = 1
     group: int = 1
-    data: str = "int"  # fconv only: int | float | quant | unpacked
+    data: str = ""  # f32 input: int | float | quant | unpacked; levels input: "" | extreme
+    feed: str = ""  # levels input: "" (quantized into its storage) | "bits" | "i16" (bits widened by unpack)
 
     def __str__(self) -> str:
-        s = (f"ci{self.ci}-co{self.co}-{self.hw[0]}x{self.hw[1]}-k{self.k[0]}x{self.k[1]}-s{self.s[0]}{self.s[1]}"
-             f"-p{''.join(map(str, self.pads))}-{self.out}")
-        if self.n != 1:
-            s += f"-n{self.n}"
-        if self.group != 1:
-            s += f"-g{self.group}"
-        return s if self.data == "int" else s + f"-{self.data}"
+        s = (f"{self.x}x{self.w}-ci{self.ci}-co{self.co}-{self.hw[0]}x{self.hw[1]}-k{self.k[0]}x{self.k[1]}"
+             f"-s{self.s[0]}{self.s[1]}-p{''.join(map(str, self.pads))}-{self.out}")
+        s += f"-n{self.n}" if self.n != 1 else ""
+        s += f"-g{self.group}" if self.group != 1 else ""
+        s += f"-{self.data}" if self.data else ""
+        return s + (f"-via_{self.feed}" if self.feed else "")
 
 
 def _rot(seq, k):
     return seq[k:] + seq[:k]
 
 
-BINARY_CASES = (
-    # channel sweep: every in and every out channel count, under each output transform
-    [ConvCase(ci, co, out=out) for out, r in (("f32_mb", 1), ("bits", 2), ("levels", 3))
-     for ci, co in zip(CHANNELS, _rot(CHANNELS, r))]
-    + [ConvCase(65, 65, out="bits"), ConvCase(100, 128, out="bits", k=(1, 1), pads=(0, 0, 0, 0)),
-       ConvCase(64, 63, out="levels_pm1"), ConvCase(3, 100, out="f32"), ConvCase(128, 1, out="f32_mul"),
-       ConvCase(63, 65, out="f32_bias")]
+def _sweep(make, rotations, outs):
+    """Every in and every out channel count, paired by rotations of CHANNELS, outputs cycled."""
+    cases = []
+    for r in rotations:
+        for i, (ci, co) in enumerate(zip(CHANNELS, _rot(CHANNELS, r))):
+            cases.append(make(ci, co, outs[(i + 3 * r) % len(outs)], i + r))
+    return cases
+
+
+def layer_case(p: ConvCase) -> Case:
+    rng = np.random.default_rng(zlib.crc32(str(p).encode()))
+    shape = (p.n, p.ci, *p.hw)
+    conv = ConvAttrs(p.k, p.s, p.pads, group=p.group)
+    cig = p.ci // p.group
+    wshape = (p.co, *p.k, cig)
+    chain = Chain(shape).nhwc()
+    expect: dict = {}
+    float_tol = None
+    if p.x == "f32":  # fconv: float values in, float weights, affine output only
+        assert p.w == "f32" and p.out in F32_OUTS
+        if p.data == "float":
+            x = rng.standard_normal(shape).astype(F32)
+            w = rng.standard_normal(wshape).astype(F32)
+            xin = x.astype(np.float64).transpose(TO_NHWC)
+            float_tol = float(np.abs(xin).max() * np.abs(w).max() * p.k[0] * p.k[1] * cig)
+        elif p.data == "quant":  # levels held as floats: round(x / 0.5) clamped to [-4, 3]
+            spec = QuantSpec(-4, 3, 1, F32(0.5))
+            x, xin, qa = grid_input(spec, shape, rng)
+            chain.quantize(dataclasses.replace(qa, out="f32"))
+            expect[chain.cur] = xin.astype(F32)
+            w = rng.integers(-3, 4, wshape).astype(F32)
+        elif p.data == "unpacked":  # 2-bit planes unpacked to values (power-of-two scales: exact sums)
+            x, q, qa = grid_input(GRIDS["u2"], shape, rng)
+            scale = rng.choice(np.array([0.25, 0.5, 1.0, 2.0], F32), p.ci)
+            chain.quantize(dataclasses.replace(qa, out="bits")).unpack(scale)
+            xin = q * scale.astype(np.float64)
+            expect[chain.cur] = xin.astype(F32)
+            w = rng.integers(-2, 3, wshape).astype(F32)
+        else:
+            assert p.data == "int"
+            x = rng.integers(-4, 5, shape).astype(F32)
+            w = rng.integers(-3, 4, wshape).astype(F32)
+            xin = x.astype(np.float64).transpose(TO_NHWC)
+        kw: dict = {}
+        bound = 0
+    else:
+        xs, ws = GRIDS[p.x], GRIDS[p.w]
+        x, q, qa = grid_input(xs, shape, rng, extreme=p.data == "extreme")
+        chain.quantize(dataclasses.replace(qa, out="bits" if p.feed else storage(xs)))
+        expect[chain.cur] = q
+        if p.feed == "i16":
+            assert chain.t.dtype == "bits"
+            chain.unpack(out="i16")
+            expect[chain.cur] = q
+        assert p.feed != "bits" or chain.t.dtype == "bits"
+        w = grid_weights(ws, wshape, rng)
+        xin = q
+        kw = dict(x_spec=xs, w_spec=ws)
+        bound = xs.max_abs * ws.max_abs * p.k[0] * p.k[1] * cig
+        assert bound < 1 << 31
+    acc = naive_conv(xin, w, p.k, p.s, p.pads, p.group)
+    tk, want = output_transform(p.out, acc, bound, rng)
+    chain.layer(LayerAttrs(conv, w, **kw, **tk, source="test layer"))
+    expect[chain.cur] = want
+    chain.values(want, rng, expect).nchw()
+    if float_tol is not None:  # |error| <= ~n * eps * sum |x w|: tolerate relative to the largest terms
+        mul = np.abs(tk["mul"]).max() if tk.get("mul") is not None else 1.0
+        return Case(chain, x, expect=expect, rtol=1e-5, atol=1e-6 * float_tol * mul,
+                    expect_rtol=1e-6, expect_atol=1e-6 * float_tol * mul)
+    return Case(chain, x, expect=expect)
+
+
+# ---------------------------------------------------------------- binary XNOR layer (bgemm)
+
+BGEMM_OUTS = ("f32_mb", "pm1", "u2", "i16", "f32_mul", "i2", "f32_bias", "o2", "i16s", "f32", "u1")
+
+BGEMM_CASES = (
+    _sweep(lambda ci, co, out, i: ConvCase("pm1", "pm1", ci, co, out=out), (1, 2, 3), BGEMM_OUTS)
+    + [ConvCase("pm1", "pm1", 65, 65, out="pm1"), ConvCase("pm1", "pm1", 100, 128, out="u2", k=(1, 1), pads=(0, 0, 0, 0))]
     # geometry: K tails, strides, symmetric/asymmetric pads, 1x1 and odd spatial sizes, batch
     + [
-        ConvCase(65, 100, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="f32_mb"),
-        ConvCase(64, 65, hw=(5, 5), k=(3, 3), out="bits"),
-        ConvCase(3, 63, hw=(7, 7), k=(3, 3), s=(2, 2), out="levels"),
-        ConvCase(100, 64, hw=(6, 5), k=(5, 5), pads=(2, 2, 2, 2), out="bits"),
-        ConvCase(1, 128, hw=(9, 7), k=(5, 5), s=(2, 2), pads=(0, 0, 0, 0), out="f32_mb"),
-        ConvCase(63, 3, hw=(7, 7), k=(7, 7), pads=(3, 3, 3, 3), out="levels"),
-        ConvCase(128, 1, hw=(9, 8), k=(7, 7), s=(2, 2), pads=(0, 1, 2, 1), out="levels_pm1"),
-        ConvCase(65, 65, hw=(4, 5), k=(1, 3), pads=(0, 1, 0, 1), out="bits"),
-        ConvCase(3, 100, hw=(5, 3), k=(3, 1), s=(2, 1), pads=(1, 0, 1, 0), out="f32"),
-        ConvCase(64, 64, hw=(6, 6), k=(2, 2), s=(2, 2), pads=(0, 0, 0, 0), out="bits"),
-        ConvCase(65, 3, hw=(3, 3), k=(2, 2), pads=(0, 0, 1, 1), out="levels"),
-        ConvCase(100, 65, hw=(1, 1), k=(3, 3), pads=(2, 2, 2, 2), out="bits"),
-        ConvCase(1, 1, hw=(1, 1), k=(3, 3), pads=(1, 1, 1, 1), out="levels"),
-        ConvCase(64, 100, hw=(7, 6), k=(5, 5), s=(2, 2), pads=(2, 0, 1, 2), out="bits"),
-        ConvCase(3, 64, hw=(5, 5), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="f32_mul", n=2),
-        ConvCase(65, 63, hw=(3, 5), k=(1, 3), s=(1, 2), pads=(1, 1, 0, 0), out="bits", n=2),
-        ConvCase(16, 16, hw=(17, 17), k=(16, 16), pads=(0, 0, 0, 0), out="levels"),  # 256 taps, the max
+        ConvCase("pm1", "pm1", 65, 100, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="f32_mb"),
+        ConvCase("pm1", "pm1", 64, 65, hw=(5, 5), k=(3, 3), out="pm1"),
+        ConvCase("pm1", "pm1", 3, 63, hw=(7, 7), k=(3, 3), s=(2, 2), out="i16"),
+        ConvCase("pm1", "pm1", 100, 64, hw=(6, 5), k=(5, 5), pads=(2, 2, 2, 2), out="u2"),
+        ConvCase("pm1", "pm1", 1, 128, hw=(9, 7), k=(5, 5), s=(2, 2), pads=(0, 0, 0, 0), out="f32_mb"),
+        ConvCase("pm1", "pm1", 63, 3, hw=(7, 7), k=(7, 7), pads=(3, 3, 3, 3), out="i16s"),
+        ConvCase("pm1", "pm1", 128, 1, hw=(9, 8), k=(7, 7), s=(2, 2), pads=(0, 1, 2, 1), out="i2"),
+        ConvCase("pm1", "pm1", 65, 65, hw=(4, 5), k=(1, 3), pads=(0, 1, 0, 1), out="pm1"),
+        ConvCase("pm1", "pm1", 3, 100, hw=(5, 3), k=(3, 1), s=(2, 1), pads=(1, 0, 1, 0), out="f32"),
+        ConvCase("pm1", "pm1", 64, 64, hw=(6, 6), k=(2, 2), s=(2, 2), pads=(0, 0, 0, 0), out="o2"),
+        ConvCase("pm1", "pm1", 65, 3, hw=(3, 3), k=(2, 2), pads=(0, 0, 1, 1), out="i16"),
+        ConvCase("pm1", "pm1", 100, 65, hw=(1, 1), k=(3, 3), pads=(2, 2, 2, 2), out="pm1"),
+        ConvCase("pm1", "pm1", 1, 1, hw=(1, 1), k=(3, 3), pads=(1, 1, 1, 1), out="u2"),
+        ConvCase("pm1", "pm1", 64, 100, hw=(7, 6), k=(5, 5), s=(2, 2), pads=(2, 0, 1, 2), out="pm1"),
+        ConvCase("pm1", "pm1", 3, 64, hw=(5, 5), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="f32_mul", n=2),
+        ConvCase("pm1", "pm1", 65, 63, hw=(3, 5), k=(1, 3), s=(1, 2), pads=(1, 1, 0, 0), out="u1", n=2),
+        ConvCase("pm1", "pm1", 16, 16, hw=(17, 17), k=(16, 16), pads=(0, 0, 0, 0), out="i16"),  # 256 taps, the max
     ]
 )
 
 
-def binary_case(p: ConvCase) -> Case:
-    rng = np.random.default_rng(zlib.crc32(str(p).encode()))
-    x = rng.standard_normal((p.n, p.ci, *p.hw)).astype(F32)
-    x[rng.random(x.shape) < 0.1] = 0.0  # x == 0 quantizes to +1
-    w = rng.choice(np.array([-1, 1], np.int32), size=(p.co, *p.k, p.ci))
-    xq = np.where(x >= 0, 1, -1).astype(np.int64).transpose(TO_NHWC)
-    acc = naive_conv(xq, w, p.k, p.s, p.pads)
-    kw, want = output_transform(p.out, acc, p.k[0] * p.k[1] * p.ci, rng)
-    chain = Chain(x.shape).nhwc().sign_bits().layer(LayerAttrs(ConvAttrs(p.k, p.s, p.pads), w, **kw))
-    name = chain.cur
-    if chain.t.dtype == "bits":
-        chain.unpack()
-    chain.nchw()
-    return Case(chain, x, expect={name: want})
+@pytest.mark.parametrize("p", BGEMM_CASES, ids=str)
+def test_bgemm_layer(p):
+    check(layer_case(p))
 
 
-@pytest.mark.parametrize("p", BINARY_CASES, ids=str)
-def test_binary_layer(p):
-    check(binary_case(p))
-
-
-def test_binary_layer_over_256_taps_is_refused():
+@pytest.mark.parametrize("xw", [("pm1", "pm1"), ("u2", "t")], ids=lambda xw: "x".join(xw))
+def test_plane_layer_over_256_taps_is_refused(xw):
     from qcc.errors import QccError
-    w = np.ones((2, 17, 16, 3), np.int32)
-    chain = Chain((1, 3, 17, 16)).nhwc().sign_bits().layer(LayerAttrs(ConvAttrs((17, 16)), w)).nchw()
+    xs, ws = GRIDS[xw[0]], GRIDS[xw[1]]
+    w = np.full((2, 17, 16, 3), ws.hi, np.int32)
+    chain = Chain((1, 3, 17, 16)).nhwc()
+    chain.quantize(QuantizeAttrs("round", xs, scale=np.array(1.0, F32), zero=np.array(0.0, F32),
+                                 clamp=(float(xs.lo), float(xs.hi)), out="bits") if xs.step == 1
+                   else QuantizeAttrs("sign", xs, out="bits"))
+    chain.layer(LayerAttrs(ConvAttrs((17, 16)), w, x_spec=xs, w_spec=ws)).nchw()
     with pytest.raises(QccError, match="256 taps"):
         render(plan_memory(chain.graph()).graph, MODEL)
 
 
-# =============================================================== float-input layer (fconv)
+# ------------------------------------------------------------------ bit-plane layer (pgemm)
 
-FCONV_CASES = (
-    [ConvCase(ci, co, k=(1, 1), pads=(0, 0, 0, 0), out=out)
-     for out, r in (("f32_mb", 1), ("bits", 2), ("levels", 3)) for ci, co in zip(CHANNELS, _rot(CHANNELS, r))]
+# (input grid, weight grid): planes x planes <= 4, lo != 0 on either or both sides, step 2 on either
+PGEMM_PAIRS = (("u2", "t"), ("i2", "i2"), ("t", "u1"), ("pm1", "t"), ("u1", "pm1"), ("i2", "pm1"),
+               ("pm1", "u1"), ("o2", "i2"), ("u1", "o2"), ("t", "n1"), ("n1", "u2"), ("u2", "u2"), ("pm1", "i2"))
+PGEMM_OUTS = ("f32_mb", "u2", "i16", "pm1", "f32_mul", "i2", "i16s", "u1", "f32_bias", "o2", "f32")
+
+PGEMM_CASES = (
+    _sweep(lambda ci, co, out, i: ConvCase(*PGEMM_PAIRS[i % len(PGEMM_PAIRS)], ci, co, out=out), (1, 2), PGEMM_OUTS)
     + [
-        ConvCase(3, 65, hw=(5, 5), k=(3, 3), out="bits"),
-        ConvCase(4, 5, hw=(7, 6), k=(5, 5), s=(2, 2), pads=(2, 2, 2, 2), out="f32"),
-        ConvCase(3, 4, hw=(1, 1), k=(7, 7), pads=(3, 3, 3, 3), out="levels"),
-        ConvCase(5, 3, hw=(4, 5), k=(1, 3), pads=(0, 1, 0, 1), out="f32_bias"),
-        ConvCase(6, 7, hw=(6, 7), k=(3, 3), s=(2, 1), pads=(0, 1, 2, 1), out="levels_pm1", n=2),
-        ConvCase(4, 6, hw=(5, 5), k=(3, 3), group=2, out="f32_mb"),
-        ConvCase(6, 9, hw=(5, 4), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), group=3, out="levels"),
-        ConvCase(8, 8, hw=(5, 5), k=(3, 3), group=8, out="bits"),  # depthwise
-        ConvCase(65, 130, hw=(3, 3), k=(1, 1), pads=(0, 0, 0, 0), group=65, out="bits"),
-        # arbitrary floats: float32 summation order differs from the oracle's float64 sum
-        ConvCase(5, 7, hw=(6, 5), k=(3, 3), out="f32_mb", data="float"),
-        ConvCase(64, 3, hw=(5, 5), k=(5, 5), s=(2, 2), pads=(2, 1, 0, 2), out="f32", data="float", group=1),
-        ConvCase(6, 4, hw=(4, 4), k=(3, 3), out="f32", group=2, data="float"),
-        # the chains the lowering produces: quantized levels (round), and unpacked bits
-        ConvCase(5, 6, hw=(5, 5), k=(3, 3), out="levels", data="quant"),
-        ConvCase(70, 66, hw=(4, 4), k=(3, 3), s=(2, 2), out="bits", data="unpacked"),
+        ConvCase("u2", "t", 65, 100, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="i16"),
+        ConvCase("i2", "i2", 64, 65, hw=(5, 5), k=(3, 3), out="u2"),
+        ConvCase("pm1", "t", 3, 63, hw=(7, 7), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="f32_mb"),
+        ConvCase("t", "u1", 100, 64, hw=(6, 5), k=(5, 5), pads=(2, 2, 2, 2), out="pm1"),
+        ConvCase("o2", "i2", 63, 3, hw=(7, 7), k=(7, 7), pads=(3, 3, 3, 3), out="i16s"),
+        ConvCase("u1", "o2", 128, 1, hw=(9, 8), k=(7, 7), s=(2, 2), pads=(0, 1, 2, 1), out="f32"),
+        ConvCase("i2", "pm1", 65, 65, hw=(4, 5), k=(1, 3), pads=(0, 1, 0, 1), out="i2"),
+        ConvCase("n1", "u2", 3, 100, hw=(5, 3), k=(3, 1), s=(2, 1), pads=(1, 0, 1, 0), out="u2"),
+        ConvCase("t", "n1", 100, 65, hw=(1, 1), k=(3, 3), pads=(2, 2, 2, 2), out="f32_mb"),
+        ConvCase("pm1", "u1", 1, 1, hw=(1, 1), k=(3, 3), pads=(1, 1, 1, 1), out="i16"),
+        ConvCase("u2", "u2", 64, 100, hw=(7, 6), k=(5, 5), s=(2, 2), pads=(2, 0, 1, 2), out="o2", n=2),
+        ConvCase("i2", "t", 65, 63, hw=(3, 5), k=(1, 3), s=(1, 2), pads=(1, 1, 0, 0), out="f32_mul", n=2),
+        ConvCase("i2", "i2", 128, 128, hw=(4, 4), k=(3, 3), out="i16", data="extreme"),
+        ConvCase("t", "i2", 16, 4, hw=(17, 17), k=(16, 16), pads=(0, 0, 0, 0), out="u1"),  # 256 taps, the max
+        ConvCase("u3", "t", 65, 5, hw=(4, 4), k=(3, 3), out="i16", feed="bits"),  # 3 planes: beyond the lowering's policy
     ]
 )
 
 
-def fconv_case(p: ConvCase) -> Case:
-    rng = np.random.default_rng(zlib.crc32(str(p).encode()))
-    shape = (p.n, p.ci, *p.hw)
-    conv = ConvAttrs(p.k, p.s, p.pads, group=p.group)
-    wshape = (p.co, *p.k, p.ci // p.group)
-    chain = Chain(shape).nhwc()
-    if p.data == "float":
-        x = rng.standard_normal(shape).astype(F32)
-        w = rng.standard_normal(wshape).astype(F32)
-        xin = x.astype(np.float64)
-    elif p.data == "quant":  # round(x / 0.5) clamped to [-4, 3]: exact levels
-        x = (rng.standard_normal(shape) * 2).astype(F32)
-        w = rng.integers(-3, 4, wshape).astype(F32)
-        xin = np.clip(np.round(x.astype(np.float64) / 0.5), -4, 3)
-        chain.quantize(QuantizeAttrs("round", QuantSpec(-4, 3, 1, F32(0.5)), scale=np.array(0.5, F32),
-                                     zero=np.array(0.0, F32), clamp=(-4.0, 3.0), rounding="ROUND"))
-    elif p.data == "unpacked":
-        x = rng.standard_normal(shape).astype(F32)
-        w = rng.integers(-2, 3, wshape).astype(F32)
-        xin = np.where(x >= 0, 1.0, -1.0)
-        chain.sign_bits().unpack()
-    else:
-        x = rng.integers(-4, 5, shape).astype(F32)
-        w = rng.integers(-3, 4, wshape).astype(F32)
-        xin = x.astype(np.float64)
-    acc = naive_conv(xin.transpose(TO_NHWC), w, p.k, p.s, p.pads, p.group)
-    bound = int(np.abs(xin).max() * np.abs(w).reshape(p.co, -1).sum(axis=1).max())
-    kw, want = output_transform(p.out, acc if p.data == "float" else acc.astype(np.int64), bound, rng)
-    chain.layer(LayerAttrs(conv, w, **kw))
-    name = chain.cur
-    if chain.t.dtype == "bits":
-        chain.unpack()
-    chain.nchw()
-    if p.data == "float":  # |error| <= ~n * eps * sum |x w|: tolerate relative to the largest terms
-        scale = float(np.abs(xin).max() * np.abs(w).max() * p.k[0] * p.k[1] * p.ci / p.group)
-        mul = np.abs(kw["mul"]).max() if kw.get("mul") is not None else 1.0
-        return Case(chain, x, expect={name: want}, rtol=1e-5, atol=1e-6 * scale * mul,
-                    expect_rtol=1e-6, expect_atol=1e-6 * scale * mul)
-    return Case(chain, x, expect={name: want})
+@pytest.mark.parametrize("p", PGEMM_CASES, ids=str)
+def test_pgemm_layer(p):
+    check(layer_case(p))
+
+
+# -------------------------------------------------------------- int16-level layer (iconv)
+
+ICONV_CASES = [
+    ConvCase("i8", "w8", 3, 5, out="f32_mb"),
+    ConvCase("i8", "w8", 64, 65, hw=(4, 4), out="i16"),
+    ConvCase("i8", "w8", 65, 3, hw=(5, 4), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="pm1"),
+    ConvCase("i8", "w8", 4, 6, hw=(5, 5), group=2, out="u2"),
+    ConvCase("i8", "w8", 6, 9, hw=(5, 4), s=(2, 2), pads=(0, 1, 2, 1), group=3, out="f32"),
+    ConvCase("i8", "w8", 8, 8, hw=(5, 5), group=8, out="i16s"),  # depthwise
+    ConvCase("i8", "w8", 65, 130, hw=(3, 3), k=(1, 1), pads=(0, 0, 0, 0), group=65, out="i2"),  # depthwise x2
+    ConvCase("i8", "w8", 100, 1, hw=(1, 1), out="f32_bias", n=2),
+    ConvCase("u4", "w8", 3, 4, hw=(7, 6), k=(5, 5), s=(2, 2), pads=(2, 0, 1, 2), out="u1"),
+    ConvCase("i8", "w8", 512, 2, hw=(3, 3), out="f32_mul", data="extreme"),  # |acc| up to 4.7e7 > 2^24
+    # the lowering's widening: bit planes unpacked to int16 for grouped or wide-pair layers
+    ConvCase("u2", "w8", 5, 7, hw=(4, 4), out="f32_mul", feed="i16", n=2),
+    ConvCase("pm1", "t", 6, 6, hw=(5, 5), group=3, out="pm1", feed="i16"),
+    ConvCase("i2", "i8", 128, 64, hw=(3, 3), group=2, out="i16", feed="i16"),
+]
+
+
+@pytest.mark.parametrize("p", ICONV_CASES, ids=str)
+def test_iconv_layer(p):
+    check(layer_case(p))
+
+
+# ----------------------------------------------------------------- float layer (fconv)
+
+FCONV_CASES = (
+    _sweep(lambda ci, co, out, i: ConvCase("f32", "f32", ci, co, k=(1, 1), pads=(0, 0, 0, 0), out=out, data="int"),
+           (1,), F32_OUTS)
+    + [
+        ConvCase("f32", "f32", 4, 5, hw=(7, 6), k=(5, 5), s=(2, 2), pads=(2, 2, 2, 2), out="f32", data="int"),
+        ConvCase("f32", "f32", 3, 4, hw=(1, 1), k=(7, 7), pads=(3, 3, 3, 3), out="f32_mb", data="int"),
+        ConvCase("f32", "f32", 5, 3, hw=(4, 5), k=(1, 3), pads=(0, 1, 0, 1), out="f32_bias", data="int"),
+        ConvCase("f32", "f32", 4, 6, hw=(5, 5), group=2, out="f32_mb", data="int"),
+        ConvCase("f32", "f32", 6, 9, hw=(5, 4), s=(2, 2), pads=(0, 1, 2, 1), group=3, out="f32_mul", data="int", n=2),
+        ConvCase("f32", "f32", 8, 8, hw=(5, 5), group=8, out="f32", data="int"),  # depthwise
+        ConvCase("f32", "f32", 65, 130, hw=(3, 3), k=(1, 1), pads=(0, 0, 0, 0), group=65, out="f32_mb", data="int"),
+        # arbitrary floats: float32 summation order differs from the oracle's float64 sum
+        ConvCase("f32", "f32", 5, 7, hw=(6, 5), out="f32_mb", data="float"),
+        ConvCase("f32", "f32", 64, 3, hw=(5, 5), k=(5, 5), s=(2, 2), pads=(2, 1, 0, 2), out="f32", data="float"),
+        ConvCase("f32", "f32", 6, 4, hw=(4, 4), out="f32", group=2, data="float"),
+        # levels held as floats (quantize out f32), and unpacked planes
+        ConvCase("f32", "f32", 5, 6, hw=(5, 5), out="f32_mb", data="quant"),
+        ConvCase("f32", "f32", 70, 66, hw=(4, 4), s=(2, 2), out="f32_bias", data="unpacked"),
+    ]
+)
 
 
 @pytest.mark.parametrize("p", FCONV_CASES, ids=str)
-def test_float_layer(p):
-    check(fconv_case(p))
+def test_fconv_layer(p):
+    check(layer_case(p))
+
+
+# ------------------------------------------------------------------- layers feeding layers
+
+def test_layer_chain():
+    """Output planes and int16 levels of one layer are the next layer's input: bgemm -> u2 planes ->
+    pgemm -> i2 planes -> max pool -> unpack to i16 -> grouped iconv -> values."""
+    rng = np.random.default_rng(11)
+    ci, h = 70, 6
+    x = rng.standard_normal((1, ci, h, h)).astype(F32)
+    chain = Chain(x.shape).nhwc().sign_bits()
+    q = np.where(x >= 0, 1, -1).astype(np.int64).transpose(TO_NHWC)
+    expect = {chain.cur: q}
+    layers = [("pm1", "pm1", 66, ConvAttrs((3, 3), pads=(1, 1, 1, 1)), "u2"),
+              ("u2", "t", 64, ConvAttrs((3, 3), (2, 2), (0, 1, 1, 0)), "i2"),
+              ("i2", "w8", 6, ConvAttrs((2, 2), pads=(0, 0, 1, 1), group=2), "f32_mb")]
+    for xs, ws, co, conv, out in layers:
+        if xs == "i2":
+            a = PoolAttrs("max", (2, 2), (1, 1), (1, 1, 0, 0))
+            chain.pool(a)
+            q = naive_pool(q, a, *a.out_hw(q.shape[1], q.shape[2])).astype(np.int64)
+            expect[chain.cur] = q
+            chain.unpack(out="i16")
+            expect[chain.cur] = q
+        w = grid_weights(GRIDS[ws], (co, *conv.kernel, q.shape[-1] // conv.group), rng)
+        acc = naive_conv(q, w, conv.kernel, conv.strides, conv.pads, conv.group)
+        bound = GRIDS[xs].max_abs * GRIDS[ws].max_abs * w[0].size
+        tk, q = output_transform(out, acc, bound, rng)
+        chain.layer(LayerAttrs(conv, w, x_spec=GRIDS[xs], w_spec=GRIDS[ws], **tk))
+        expect[chain.cur] = q
+    chain.nchw()
+    check(Case(chain, x, expect=expect))
 
 
 # ===================================================================================== pool
@@ -484,7 +749,7 @@ def test_float_layer(p):
 @dataclass(frozen=True)
 class PoolCase:
     kind: str
-    bits: bool
+    src: str  # a grid of GRIDS (levels, in their storage) or "f32"
     c: int
     hw: tuple[int, int]
     k: tuple[int, int]
@@ -493,10 +758,10 @@ class PoolCase:
     ceil: bool = False
     cip: bool = False
     n: int = 1
-    data: str = "dyadic"  # dyadic (exact sums) | float
+    data: str = "dyadic"  # f32 only: dyadic (exact sums) | float
 
     def __str__(self) -> str:
-        s = (f"{self.kind}_{'bits' if self.bits else 'f32'}-c{self.c}-{self.hw[0]}x{self.hw[1]}-k{self.k[0]}x{self.k[1]}"
+        s = (f"{self.kind}_{self.src}-c{self.c}-{self.hw[0]}x{self.hw[1]}-k{self.k[0]}x{self.k[1]}"
              f"-s{self.s[0]}{self.s[1]}-p{''.join(map(str, self.pads))}")
         s += "-ceil" if self.ceil else ""
         s += "-cip" if self.cip else ""
@@ -505,24 +770,36 @@ class PoolCase:
 
 
 POOL_CASES = [
-    PoolCase("max", True, 3, (6, 6), (2, 2), (2, 2)),
-    PoolCase("max", True, 64, (7, 7), (3, 3), (2, 2), (1, 1, 1, 1)),
-    PoolCase("max", True, 65, (7, 5), (2, 2), (2, 2), ceil=True),
-    PoolCase("max", True, 100, (5, 5), (3, 3), (1, 1), (1, 1, 1, 1), n=2),
-    PoolCase("max", True, 128, (5, 4), (2, 3), (2, 1), (0, 1, 1, 0), ceil=True),
-    PoolCase("max", True, 1, (1, 1), (1, 1)),
-    PoolCase("max", False, 5, (7, 7), (3, 3), (2, 2), (1, 1, 1, 1)),
-    PoolCase("max", False, 3, (5, 5), (2, 2), (2, 2), (1, 1, 1, 1), ceil=True),  # last window must start inside
-    PoolCase("max", False, 65, (8, 6), (3, 2), (2, 2), (1, 0, 1, 1), ceil=True, n=2),
-    PoolCase("max", False, 1, (5, 5), (5, 5)),  # global
-    PoolCase("avg", False, 4, (6, 6), (2, 2), (2, 2)),
-    PoolCase("avg", False, 3, (7, 7), (3, 3), (2, 2), (1, 1, 1, 1), cip=False),
-    PoolCase("avg", False, 3, (7, 7), (3, 3), (2, 2), (1, 1, 1, 1), cip=True),
-    PoolCase("avg", False, 5, (8, 8), (3, 3), (2, 2), (1, 1, 1, 1), ceil=True, cip=True),  # pad counted, overhang not
-    PoolCase("avg", False, 5, (8, 8), (3, 3), (2, 2), (1, 1, 1, 1), ceil=True, cip=False),
-    PoolCase("avg", False, 64, (5, 7), (2, 3), (1, 2), (0, 1, 1, 2), cip=True, n=2),
-    PoolCase("avg", False, 1, (3, 3), (3, 3)),
-    PoolCase("avg", False, 7, (7, 6), (3, 3), (2, 2), (1, 1, 1, 1), ceil=True, cip=True, data="float"),
+    # one plane: OR of words
+    PoolCase("max", "pm1", 3, (6, 6), (2, 2), (2, 2)),
+    PoolCase("max", "pm1", 64, (7, 7), (3, 3), (2, 2), (1, 1, 1, 1)),
+    PoolCase("max", "u1", 65, (7, 5), (2, 2), (2, 2), ceil=True),
+    PoolCase("max", "pm1", 100, (5, 5), (3, 3), (1, 1), (1, 1, 1, 1), n=2),
+    PoolCase("max", "n1", 128, (5, 4), (2, 3), (2, 1), (0, 1, 1, 0), ceil=True),
+    PoolCase("max", "pm1", 1, (1, 1), (1, 1)),
+    # two planes: max of codes
+    PoolCase("max", "u2", 3, (6, 6), (2, 2), (2, 2)),
+    PoolCase("max", "i2", 65, (7, 7), (3, 3), (2, 2), (1, 1, 1, 1)),
+    PoolCase("max", "u2", 130, (5, 4), (2, 3), (2, 1), (0, 1, 1, 0), ceil=True, n=2),
+    PoolCase("max", "t", 64, (5, 5), (5, 5)),  # global
+    PoolCase("max", "o2", 1, (4, 5), (3, 2), (1, 2), (1, 0, 1, 1), ceil=True),
+    # int16 levels
+    PoolCase("max", "i8", 5, (7, 7), (3, 3), (2, 2), (1, 1, 1, 1)),
+    PoolCase("max", "i8", 65, (8, 6), (3, 2), (2, 2), (1, 0, 1, 1), ceil=True, n=2),
+    PoolCase("max", "u4", 1, (5, 5), (5, 5)),
+    # floats
+    PoolCase("max", "f32", 5, (7, 7), (3, 3), (2, 2), (1, 1, 1, 1)),
+    PoolCase("max", "f32", 3, (5, 5), (2, 2), (2, 2), (1, 1, 1, 1), ceil=True),  # last window must start inside
+    PoolCase("max", "f32", 65, (8, 6), (3, 2), (2, 2), (1, 0, 1, 1), ceil=True, n=2),
+    PoolCase("max", "f32", 1, (5, 5), (5, 5)),  # global
+    PoolCase("avg", "f32", 4, (6, 6), (2, 2), (2, 2)),
+    PoolCase("avg", "f32", 3, (7, 7), (3, 3), (2, 2), (1, 1, 1, 1), cip=False),
+    PoolCase("avg", "f32", 3, (7, 7), (3, 3), (2, 2), (1, 1, 1, 1), cip=True),
+    PoolCase("avg", "f32", 5, (8, 8), (3, 3), (2, 2), (1, 1, 1, 1), ceil=True, cip=True),  # pad counted, overhang not
+    PoolCase("avg", "f32", 5, (8, 8), (3, 3), (2, 2), (1, 1, 1, 1), ceil=True, cip=False),
+    PoolCase("avg", "f32", 64, (5, 7), (2, 3), (1, 2), (0, 1, 1, 2), cip=True, n=2),
+    PoolCase("avg", "f32", 1, (3, 3), (3, 3)),
+    PoolCase("avg", "f32", 7, (7, 6), (3, 3), (2, 2), (1, 1, 1, 1), ceil=True, cip=True, data="float"),
 ]
 
 
@@ -531,26 +808,29 @@ def pool_case(p: PoolCase) -> Case:
     shape = (p.n, p.c, *p.hw)
     attrs = PoolAttrs(p.kind, p.k, p.s, p.pads, p.ceil, p.cip)
     oh, ow = attrs.out_hw(*p.hw)
-    if p.data == "float":
-        x = rng.standard_normal(shape).astype(F32)
-    else:  # multiples of 1/8 in [-8, 8): every partial sum is exact in float32
-        x = (rng.integers(-64, 64, shape) / 8).astype(F32)
-    x[..., 0, 0] = -7.5  # a negative corner: padding must never win a max
     chain = Chain(shape).nhwc()
-    if p.bits:
-        chain.sign_bits()
-        vals = np.where(x >= 0, 1.0, -1.0).transpose(TO_NHWC)
-    else:
+    expect: dict = {}
+    if p.src == "f32":
+        if p.data == "float":
+            x = rng.standard_normal(shape).astype(F32)
+        else:  # multiples of 1/8 in [-8, 8): every partial sum is exact in float32
+            x = (rng.integers(-64, 64, shape) / 8).astype(F32)
+        x[..., 0, 0] = -7.5  # a negative corner: padding must never win a max
         vals = x.astype(np.float64).transpose(TO_NHWC)
+    else:
+        spec = GRIDS[p.src]
+        x, vals, qa = grid_input(spec, shape, rng, corner_lo=True)  # the lowest level in a corner
+        chain.quantize(dataclasses.replace(qa, out=storage(spec)))
+        expect[chain.cur] = vals
     chain.pool(attrs)
-    name = chain.cur
     want = naive_pool(vals, attrs, oh, ow)
-    if p.bits:
-        chain.unpack()
-    chain.nchw()
     if p.data == "float":
-        return Case(chain, x, expect={name: want}, rtol=1e-6, atol=1e-6, expect_rtol=1e-6, expect_atol=1e-7)
-    return Case(chain, x, expect={name: want if p.bits else want.astype(F32)})
+        expect[chain.cur] = want
+        return Case(chain.nchw(), x, expect=expect, rtol=1e-6, atol=1e-6, expect_rtol=1e-6, expect_atol=1e-7)
+    want = want.astype(np.int64) if p.src != "f32" else want.astype(F32)  # dyadic: the float32 sum is exact
+    expect[chain.cur] = want
+    chain.values(want, rng, expect).nchw()
+    return Case(chain, x, expect=expect)
 
 
 @pytest.mark.parametrize("p", POOL_CASES, ids=str)
@@ -580,29 +860,43 @@ def test_oracle_rounding_ties(mode):
 @dataclass(frozen=True)
 class QuantCase:
     mode: str  # round | sign | thresholds
-    out: str  # f32 | bits
+    out: str  # f32 | bits | i16
     c: int
+    spec: str = ""  # grid of the levels (GRIDS or OUT_LEVELS name); round f32/i16: from the zero points
     rounding: str = "ROUND"
     per_channel: bool = True
     hw: tuple[int, int] = (3, 4)
     n: int = 1
+    scaled: bool = False  # sign: with a (per-channel) scale and zero point, as a 1-bit signed Quant
 
     def __str__(self) -> str:
-        s = f"{self.mode}_{self.out}-c{self.c}"
+        s = f"{self.mode}_{self.out}" + (f"_{self.spec}" if self.spec else "") + f"-c{self.c}"
         s += f"-{self.rounding}" if self.mode == "round" else ""
         s += "" if self.per_channel else "-shared"
+        s += "-scaled" if self.scaled else ""
         return s + (f"-n{self.n}" if self.n != 1 else "")
 
 
 QUANT_CASES = (
-    [QuantCase("round", "f32", 5, r) for r in ROUNDINGS]
-    + [QuantCase("round", "f32", 65, "HALF_UP", per_channel=False), QuantCase("round", "f32", 1, "HALF_DOWN"),
-       QuantCase("round", "bits", 3, "ROUND"), QuantCase("round", "bits", 100, "HALF_UP", per_channel=False),
+    [QuantCase("round", "f32", 5, rounding=r) for r in ROUNDINGS]
+    + [QuantCase("round", "f32", 65, rounding="HALF_UP", per_channel=False),
+       QuantCase("round", "f32", 1, rounding="HALF_DOWN"),
+       QuantCase("round", "bits", 3, "u2", "ROUND"), QuantCase("round", "bits", 100, "i2", "HALF_UP", per_channel=False),
+       QuantCase("round", "bits", 65, "t", "UP"), QuantCase("round", "bits", 64, "u1", "FLOOR", n=2),
+       QuantCase("round", "bits", 130, "n1", "CEIL", per_channel=False),
+       QuantCase("round", "i16", 5, "", "HALF_DOWN"), QuantCase("round", "i16", 65, "", "DOWN", per_channel=False),
        QuantCase("sign", "f32", 3), QuantCase("sign", "bits", 1), QuantCase("sign", "bits", 63),
        QuantCase("sign", "bits", 65, n=2), QuantCase("sign", "bits", 128), QuantCase("sign", "f32", 100, hw=(1, 1)),
-       QuantCase("thresholds", "f32", 5), QuantCase("thresholds", "f32", 64, per_channel=False),
-       QuantCase("thresholds", "bits", 65), QuantCase("thresholds", "bits", 3, per_channel=False)]
+       QuantCase("sign", "bits", 70, scaled=True), QuantCase("sign", "i16", 5, scaled=True, per_channel=False),
+       QuantCase("thresholds", "f32", 5, "i16"), QuantCase("thresholds", "f32", 64, "u2", per_channel=False),
+       QuantCase("thresholds", "bits", 65, "pm1"), QuantCase("thresholds", "bits", 3, "pm1", per_channel=False),
+       QuantCase("thresholds", "bits", 100, "u2"), QuantCase("thresholds", "bits", 64, "o2", per_channel=False),
+       QuantCase("thresholds", "i16", 5, "i16s"), QuantCase("thresholds", "i16", 129, "i16", per_channel=False)]
 )
+
+
+def _qspec(name: str) -> QuantSpec:
+    return GRIDS[name] if name in GRIDS else OUT_LEVELS[name][1]
 
 
 def quant_case(p: QuantCase) -> Case:
@@ -612,40 +906,50 @@ def quant_case(p: QuantCase) -> Case:
     xs = (p.n, *p.hw, p.c)  # generated channels last, transposed to the NCHW input at the end
     if p.mode == "round":
         scale = rng.choice(np.array([0.25, 0.5, 1.0, 2.0], F32), npar)
-        zero = rng.integers(-2, 3, npar).astype(F32) if p.out == "f32" else np.zeros(npar, F32)
-        lo, hi = (-4.0, 3.0) if p.out == "f32" else (-1.0, 1.0)
-        t = rng.integers(-14, 15, xs) / 2  # ties and integers in [-7, 7]
-        t = np.where(rng.random(xs) < 0.3, rng.uniform(-6, 6, xs), t)  # and values between
+        if p.out == "bits":  # one zero point (repeated per channel) so the levels stay on one grid
+            spec = _qspec(p.spec)
+            zero = np.full(npar, rng.integers(-2, 3), F32)
+            lo, hi = float(spec.lo + zero[0]), float(spec.hi + zero[0])
+        else:
+            zero = rng.integers(-2, 3, npar).astype(F32)
+            lo, hi = (-4.0, 3.0) if p.out == "f32" else (-128.0, 127.0)
+            spec = QuantSpec(int(lo - zero.max()), int(hi - zero.min()), 1, scale)
+        t = rng.integers(2 * int(lo) - 6, 2 * int(hi) + 7, xs) / 2  # ties and integers, beyond the clamp range
+        t = np.where(rng.random(xs) < 0.3, rng.uniform(lo - 2, hi + 2, xs), t)  # and values between
         x = ((t - zero) * scale).astype(F32)
         x.reshape(-1, p.c)[0, :] = (np.float32(0.0) - zero) * scale  # exactly zero after the zero point
-        spec = QuantSpec(int(lo - zero.max()), int(hi - zero.min()), 1, scale) if p.out == "f32" else BIPOLAR
         attrs = QuantizeAttrs("round", spec, scale=scale if npar > 1 else scale.reshape(()),
                               zero=zero if npar > 1 else zero.reshape(()), clamp=(lo, hi), rounding=p.rounding,
-                              out_bits=p.out == "bits")
+                              out=p.out)
         v = ((x / scale).astype(F32) + zero).astype(F32)
         q = decimal_round(np.clip(v, lo, hi), p.rounding) - zero
-        if p.out == "bits":  # a level above 0 is a set bit
-            q = np.where(q > 0, 1, -1)
     elif p.mode == "sign":
         x = rng.standard_normal(xs).astype(F32)
         x[rng.random(xs) < 0.2] = 0.0
         x[rng.random(xs) < 0.1] = -0.0
-        attrs = QuantizeAttrs("sign", BIPOLAR, out_bits=p.out == "bits")
-        q = np.where(x >= 0, 1.0, -1.0)
+        if p.scaled:
+            scale = rng.uniform(0.1, 3, npar).astype(F32)
+            attrs = QuantizeAttrs("sign", BIPOLAR, scale=scale if npar > 1 else scale.reshape(()),
+                                  zero=np.zeros(npar, F32) if npar > 1 else np.array(0.0, F32), out=p.out)
+        else:
+            attrs = QuantizeAttrs("sign", BIPOLAR, out=p.out)
+        q = np.where(x >= 0, 1.0, -1.0)  # -0.0 and +0.0 are +1; a positive scale keeps the sign
     else:
-        steps, spec = (1, BIPOLAR) if p.out == "bits" else (4, QuantSpec(-2, 2, 1))
+        spec = _qspec(p.spec)
+        steps = spec.levels - 1
         thr = np.sort(rng.uniform(-2, 2, (npar, steps)).astype(F32), axis=1)
         x = rng.uniform(-3, 3, xs).astype(F32)
-        hit = rng.random(xs) < 0.4  # values exactly on a threshold count as reaching it
-        x[hit] = np.broadcast_to(thr[:, 0], xs)[hit]
-        attrs = QuantizeAttrs("thresholds", spec, thresholds=thr, out_bits=p.out == "bits")
+        for j in range(steps):  # values exactly on a threshold count as reaching it
+            hit = rng.random(xs) < 0.4 / steps
+            x[hit] = np.broadcast_to(thr[:, j], xs)[hit]
+        attrs = QuantizeAttrs("thresholds", spec, thresholds=thr, out=p.out)
         q = spec.lo + spec.step * (x[..., None] >= thr).sum(axis=-1)
     chain = Chain(shape).nhwc().quantize(attrs)
     name = chain.cur
-    if chain.t.dtype == "bits":
-        chain.unpack()
-    chain.nchw()
-    return Case(chain, np.ascontiguousarray(x.transpose(TO_NCHW)), expect={name: q if p.out == "bits" else q.astype(F32)})
+    expect = {name: q.astype(np.int64) if p.out != "f32" else q.astype(F32)}
+    rng2 = np.random.default_rng(1)
+    chain.values(q, rng2, expect).nchw()
+    return Case(chain, np.ascontiguousarray(x.transpose(TO_NCHW)), expect=expect)
 
 
 @pytest.mark.parametrize("p", QUANT_CASES, ids=str)
@@ -660,10 +964,13 @@ def test_quantize_round_follows_qonnx_float32_formula():
     x = np.array([np.nextafter(F32(0.5), F32(0)), -np.nextafter(F32(0.5), F32(0)), np.nextafter(F32(1.5), F32(2))], F32)
     xs = np.tile(x, (1, 2, 2, 1))  # NHWC, channels = the three values
     for mode in ROUNDINGS:
-        attrs = QuantizeAttrs("round", QuantSpec(-4, 3), scale=np.array(1.0, F32), zero=np.array(0.0, F32),
-                              clamp=(-4.0, 3.0), rounding=mode)
-        chain = Chain((1, c, 2, 2)).nhwc().quantize(attrs).nchw()
-        check(Case(chain, np.ascontiguousarray(xs.transpose(TO_NCHW))))
+        for out in ("f32", "i16"):
+            attrs = QuantizeAttrs("round", QuantSpec(-4, 3), scale=np.array(1.0, F32), zero=np.array(0.0, F32),
+                                  clamp=(-4.0, 3.0), rounding=mode, out=out)
+            chain = Chain((1, c, 2, 2)).nhwc().quantize(attrs)
+            if out == "i16":
+                chain.unpack()
+            check(Case(chain.nchw(), np.ascontiguousarray(xs.transpose(TO_NCHW))))
 
 
 @pytest.mark.parametrize("which", ["per_channel_scale-scalar_zero", "scalar_scale-per_channel_zero"])
@@ -693,24 +1000,44 @@ def test_quantize_round_signed_zero_bits():
 
 # =================================================================================== unpack
 
-UNPACK_CASES = [1, 65, 130]
+@dataclass(frozen=True)
+class UnpackCase:
+    src: str  # grid (GRIDS): bits when at most 2 planes, else i16
+    out: str  # f32 | i16
+    c: int
+    per_channel: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.src}_{self.out}-c{self.c}" + ("" if self.per_channel else "-shared")
 
 
-def unpack_case(c: int) -> Case:
-    rng = np.random.default_rng(c)
-    x = rng.standard_normal((2, c, 3, 2)).astype(F32)
-    x[:, :, 0, 0] = 0.0  # +1
-    scale = rng.uniform(-2, 2, c).astype(F32)
-    chain = Chain(x.shape).nhwc().sign_bits().unpack(scale)
-    name = chain.cur
-    chain.nchw()
-    want = np.where(x.transpose(TO_NHWC) >= 0, scale, -scale).astype(F32)
-    return Case(chain, x, expect={name: want})
+UNPACK_CASES = [
+    UnpackCase("pm1", "f32", 1), UnpackCase("pm1", "f32", 65), UnpackCase("pm1", "f32", 130, per_channel=False),
+    UnpackCase("u2", "f32", 65), UnpackCase("i2", "f32", 130, per_channel=False), UnpackCase("t", "f32", 3),
+    UnpackCase("o2", "f32", 64),
+    UnpackCase("u2", "i16", 100), UnpackCase("pm1", "i16", 64), UnpackCase("i2", "i16", 1), UnpackCase("n1", "i16", 65),
+    UnpackCase("i8", "f32", 5), UnpackCase("i8", "f32", 128, per_channel=False),
+]
 
 
-@pytest.mark.parametrize("c", UNPACK_CASES, ids=lambda c: f"c{c}")
-def test_unpack(c):
-    check(unpack_case(c))
+def unpack_case(p: UnpackCase) -> Case:
+    rng = np.random.default_rng(zlib.crc32(str(p).encode()))
+    spec = GRIDS[p.src]
+    x, q, qa = grid_input(spec, (2, p.c, 3, 2), rng)
+    chain = Chain(x.shape).nhwc().quantize(dataclasses.replace(qa, out=storage(spec)))
+    expect = {chain.cur: q}
+    if p.out == "i16":
+        chain.unpack(out="i16")
+        expect[chain.cur] = q
+    scale = rng.uniform(-2, 2, p.c if p.per_channel else ()).astype(F32)
+    chain.unpack(scale)
+    expect[chain.cur] = (q.astype(F32) * scale).astype(F32)
+    return Case(chain.nchw(), x, expect=expect)
+
+
+@pytest.mark.parametrize("p", UNPACK_CASES, ids=str)
+def test_unpack(p):
+    check(unpack_case(p))
 
 
 # ======================================================================================= ew
@@ -721,22 +1048,35 @@ class EwCase:
     per_channel: bool
     cut: int = 0  # drop this many trailing steps
     rank2: bool = False
+    rounding: str = "ROUND"
+    last: str = "sign"  # sign | bipolar
+    nan: bool = False  # NaN inputs through max/min/sign/bipolar (no rounding: NaN has no integer)
 
     def __str__(self) -> str:
-        return (f"c{self.c}-{'per_channel' if self.per_channel else 'scalar'}" + (f"-cut{self.cut}" if self.cut else "")
-                + ("-rank2" if self.rank2 else ""))
+        s = f"c{self.c}-{'per_channel' if self.per_channel else 'scalar'}-{self.rounding}-{self.last}"
+        return (s + (f"-cut{self.cut}" if self.cut else "") + ("-rank2" if self.rank2 else "")
+                + ("-nan" if self.nan else ""))
 
 
-EW_CASES = [EwCase(3, True), EwCase(3, False), EwCase(65, True), EwCase(1, True), EwCase(100, False),
-            EwCase(3, True, cut=1), EwCase(64, False, cut=1), EwCase(10, True, rank2=True)]
+EW_CASES = [EwCase(3, True), EwCase(3, False, rounding="HALF_UP", last="bipolar"),
+            EwCase(65, True, rounding="FLOOR"), EwCase(1, True, rounding="CEIL", last="bipolar"),
+            EwCase(100, False, rounding="UP"), EwCase(3, True, cut=1, rounding="DOWN"),
+            EwCase(64, False, cut=1, rounding="HALF_DOWN"), EwCase(10, True, rank2=True, last="bipolar"),
+            EwCase(5, True, nan=True), EwCase(7, False, nan=True, last="bipolar")]
 
 
-def ew_steps(c: int, rng, per_channel: bool) -> list[EwStep]:
+def ew_steps(p: EwCase, rng) -> list[EwStep]:
+    c = p.c
+
     def k(lo, hi):
-        return rng.uniform(lo, hi, c).astype(F32) if per_channel else np.array(rng.uniform(lo, hi), F32)
-    return [EwStep("add", k(-1, 1)), EwStep("mul", k(0.5, 2)), EwStep("sub", k(-1, 1)), EwStep("rsub", k(-2, 2)),
-            EwStep("div", k(1, 3)), EwStep("max", k(-1, 0)), EwStep("min", k(0.5, 2)), EwStep("rdiv", k(1, 2)),
-            EwStep("mul", np.array(-0.5, F32)), EwStep("sign")]
+        return rng.uniform(lo, hi, c).astype(F32) if p.per_channel else np.array(rng.uniform(lo, hi), F32)
+    if p.nan:
+        return [EwStep("max", k(-1, 0)), EwStep("add", k(-1, 1)), EwStep("min", k(0.5, 2)), EwStep("mul", k(0.5, 2)),
+                EwStep(p.last)]
+    return [EwStep("add", k(-1, 1)), EwStep("mul", k(0.5, 4)), EwStep("round", mode=p.rounding), EwStep("sub", k(-1, 1)),
+            EwStep("rsub", k(-2, 2)), EwStep("div", k(1, 3)), EwStep("max", k(-1, 0)), EwStep("min", k(0.5, 2)),
+            EwStep("rdiv", k(1, 2)), EwStep("mul", np.array(-0.5, F32)), EwStep("mul", k(1, 4)),
+            EwStep("round", mode="HALF_DOWN" if p.rounding == "ROUND" else "ROUND"), EwStep(p.last)]
 
 
 def ew_case(p: EwCase) -> Case:
@@ -744,7 +1084,9 @@ def ew_case(p: EwCase) -> Case:
     shape = (3, p.c) if p.rank2 else (1, p.c, 4, 3)
     x = rng.standard_normal(shape).astype(F32)
     x.reshape(-1)[:2] = 0.0
-    steps = ew_steps(p.c, rng, p.per_channel)
+    if p.nan:
+        x[rng.random(shape) < 0.3] = np.nan
+    steps = ew_steps(p, rng)
     steps = steps[:len(steps) - p.cut]  # without the final sign, the float values are checked too
     if p.rank2:
         chain = Chain(shape, "NC").ew(EwStep("max", np.array(0.0, F32)), EwStep("sign"))
@@ -756,7 +1098,36 @@ def ew_case(p: EwCase) -> Case:
 
 @pytest.mark.parametrize("p", EW_CASES, ids=str)
 def test_ew_chain(p):
-    check(ew_case(p))
+    case = ew_case(p)
+    check(case)
+    if p.nan:  # NaN kept by max/min and sign, -1 from bipolar: the oracle says so too
+        g = planned(case)
+        y = interp.run(g, {"x": case.x})[g.outputs[0]].transpose(TO_NHWC)
+        nan = np.isnan(case.x.transpose(TO_NHWC))
+        assert nan.any()
+        if p.last == "sign":
+            assert np.isnan(y[nan]).all()
+        else:
+            assert (y[nan] == -1).all()
+
+
+@pytest.mark.parametrize("mode", list(ROUNDINGS))
+def test_ew_round(mode):
+    """The round step on ties, signed zeros and large values: oracle = decimal rounding by value,
+    C = oracle bit for bit (signed zeros follow QONNX's formulas)."""
+    v = np.array([-3.5, -2.5, -1.5, -1.0, -0.75, -0.5, -0.25, -0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 3.5,
+                  -2.0 ** -20, 2.0 ** -20, 1.5 + 2.0 ** -20, -1.5 - 2.0 ** -20, 2.0 ** 22 + 0.5, -(2.0 ** 22) - 1.5,
+                  2.0 ** 23 + 1, 1e10, -3e12, 12345.75], F32)
+    x = v.reshape(1, v.size, 1, 1)
+    chain = Chain(x.shape).nhwc().ew(EwStep("round", mode=mode))
+    name = chain.cur
+    chain.nchw()
+    case = Case(chain, x, expect={name: decimal_round(v, mode).reshape(1, 1, 1, v.size)})
+    check(case)
+    g = planned(case)
+    want = interp.run(g, {"x": x})[g.outputs[0]]
+    got = run_c(g, x)[0]["OUTPUT"]
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), f"{mode}: C {got.ravel()} != oracle {want.ravel()}"
 
 
 # ================================================================================== softmax
@@ -802,9 +1173,12 @@ def test_transpose_output_nhwc():
 
 # ============================================================================ the variants
 
-SUITES = [(binary_case, BINARY_CASES), (fconv_case, FCONV_CASES), (pool_case, POOL_CASES), (quant_case, QUANT_CASES),
-          (unpack_case, UNPACK_CASES), (ew_case, EW_CASES), (softmax_case, SOFTMAX_CASES),
-          (transpose_case, TRANSPOSE_CASES)]
+SUITES = [(layer_case, BGEMM_CASES), (layer_case, PGEMM_CASES), (layer_case, ICONV_CASES), (layer_case, FCONV_CASES),
+          (pool_case, POOL_CASES), (quant_case, QUANT_CASES), (unpack_case, UNPACK_CASES), (ew_case, EW_CASES),
+          (softmax_case, SOFTMAX_CASES), (transpose_case, TRANSPOSE_CASES)]
+
+# What each suite must exercise: every case of a layer suite runs that suite's kernel family.
+SUITE_FAMILY = {id(BGEMM_CASES): "bgemm", id(PGEMM_CASES): "pgemm", id(ICONV_CASES): "iconv", id(FCONV_CASES): "fconv"}
 
 
 def _kernels_of(source: str) -> set[str]:
@@ -814,11 +1188,18 @@ def _kernels_of(source: str) -> set[str]:
 
 
 def test_every_declared_variant_is_exercised():
-    """Every variant in KERNELS is called by at least one case of the suites above."""
+    """Every variant in KERNELS is called by at least one case of the suites above, and each layer
+    case runs the family its suite is named for."""
     used: set[str] = set()
     for make, cases in SUITES:
+        family = SUITE_FAMILY.get(id(cases))
         for p in cases:
-            used |= _kernels_of(render(planned(make(p)), MODEL).c)
+            ks = _kernels_of(render(planned(make(p)), MODEL).c)
+            if family:
+                assert any(k.startswith(f"qcc_{family}_") for k in ks), f"{p}: runs {sorted(ks)}, not {family}"
+                assert not [k for k in ks if re.match(r"qcc_(bgemm|pgemm|iconv|fconv)_", k)
+                            and not k.startswith(f"qcc_{family}_")], f"{p}: runs another layer family: {sorted(ks)}"
+            used |= ks
     declared = {k.name for k in KERNELS}
     assert not declared - used, f"variants never exercised: {sorted(declared - used)}"
     assert not {u for u in used if not u.startswith("qcc_ew_")} - declared, "a rendered kernel is not declared"
@@ -832,10 +1213,11 @@ def _standalone(spec: KernelSpec) -> str:
 
 
 EW_ALL = KernelSpec("ew", "f32_all", params=(
+    ("rounding", render_mod.ROUNDING),
     ("source", "every step"),
     ("steps", tuple(EwStep(op, np.arange(3, dtype=F32) + 1 if i % 2 else np.array(1.5, F32))
                     for i, op in enumerate(("add", "sub", "rsub", "mul", "div", "rdiv", "max", "min")))
-     + (EwStep("sign"),))))
+     + (EwStep("sign"), EwStep("bipolar")) + tuple(EwStep("round", mode=m) for m in render_mod.ROUNDING))))
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")

@@ -60,6 +60,10 @@ KERNELS: tuple[KernelSpec, ...] = (
     _k("unpack", "bits_i16", src="bits", dst="i16"),
     _k("unpack", "i16_f32", src="i16", dst="f32"),
     _k("softmax", "f32"),
+    *(_k("ew2", f"{op}_{bcast}_f32", op=op, bcast=bcast)
+      for op in ("add", "sub", "mul", "div") for bcast in ("none", "a", "b")),
+    _k("mean", "f32"),
+    _k("concat", "f32"),
 )
 BY_NAME = {k.name: k for k in KERNELS}
 

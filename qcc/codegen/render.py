@@ -258,8 +258,27 @@ def _softmax(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {_rows(x.shape)}, {x.shape[-1]});"]
 
 
+def _ew2(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
+    y = p.g.tensors[n.outputs[0]]
+    fn = u.use(find("ew2", f"{n.attrs.op}_{n.attrs.bcast}_f32"))
+    return [f"{fn}({p(n.inputs[0], True)}, {p(n.inputs[1], True)}, {p(n.outputs[0])}, {y.shape[0]}, {y.size // y.shape[0]});"]
+
+
+def _mean(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
+    x = p.g.tensors[n.inputs[0]]
+    fn = u.use(find("mean", "f32"))
+    return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {x.shape[0]}, {x.size // x.shape[0]});"]
+
+
+def _concat(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
+    y = p.g.tensors[n.outputs[0]]
+    fn = u.use(find("concat", "f32"))
+    return [f"{fn}({p(x, True)}, {p(n.outputs[0])}, {_rows(y.shape)}, {p.g.tensors[x].shape[-1]}, {y.shape[-1]}, {off});"
+            for x, off in zip(n.inputs, n.attrs.offsets)]
+
+
 EMITTERS = {"transpose": _transpose, "quantize": _quantize, "layer": _layer, "pool": _pool,
-            "unpack": _unpack, "ew": _ew, "softmax": _softmax}
+            "unpack": _unpack, "ew": _ew, "softmax": _softmax, "ew2": _ew2, "mean": _mean, "concat": _concat}
 
 
 def _describe(n: Node, g: Graph) -> str:

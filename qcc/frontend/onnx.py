@@ -323,12 +323,41 @@ def _softmax(ctx: _Ctx, node) -> None:
     ctx.emit("Softmax", node, node.input[:1], SoftmaxAttrs(-1))
 
 
+def _per_sample(shape) -> bool:
+    return all(d == 1 for d in shape[1:])
+
+
 def _binary(op: str):
     def convert(ctx: _Ctx, node) -> None:
-        if not (ctx.is_const(node.input[0]) or ctx.is_const(node.input[1])):
-            _refuse(node, f"{op} of two computed tensors is not supported yet; one operand must be a constant")
-        ctx.emit(op, node, node.input[:2])
+        a, b = node.input[:2]
+        if not (ctx.is_const(a) or ctx.is_const(b)):
+            sa, sb = ctx.shape(a), ctx.shape(b)
+            if sa != sb and not (len(sa) == len(sb) and (_per_sample(sa) or _per_sample(sb))):
+                _refuse(node, f"{op} of computed tensors of shapes {list(sa)} and {list(sb)}: only equal shapes "
+                              f"or one value per sample (e.g. a ReduceMean with keepdims) are supported")
+        ctx.emit(op, node, [a, b])
     return convert
+
+
+def _reduce_mean(ctx: _Ctx, node) -> None:
+    a = _attrs(node)
+    rank = len(ctx.shape(node.input[0]))
+    axes = a.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = ctx.const(node, 1, "axes").tolist()
+    axes = sorted(int(x) % rank for x in (axes if axes is not None else range(rank)))
+    if axes != list(range(1, rank)) or not a.get("keepdims", 1):
+        _refuse(node, f"ReduceMean over axes {axes} (keepdims={a.get('keepdims', 1)}) is not supported; "
+                      f"only the mean over all non-batch axes with keepdims=1 (XNOR-Net / HORQ scales)")
+    ctx.emit("ReduceMean", node, node.input[:1])
+
+
+def _concat(ctx: _Ctx, node) -> None:
+    rank = len(ctx.shape(node.input[0]))
+    axis = int(_attrs(node).get("axis", 1)) % rank
+    if axis != 1 or any(ctx.is_const(i) for i in node.input):
+        _refuse(node, f"Concat along axis {axis} (or of constants) is not supported; only channels (axis 1) of computed tensors")
+    ctx.emit("Concat", node, list(node.input))
 
 
 def _unary(op: str):
@@ -545,7 +574,8 @@ def _qlinear(op: str):
 
 STANDARD: dict[str, Callable] = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "BatchNormalization": _batchnorm,
-    "Relu": _unary("Relu"), "Sign": _unary("Sign"), "Clip": _clip,
+    "Relu": _unary("Relu"), "Sign": _unary("Sign"), "Abs": _unary("Abs"), "Clip": _clip,
+    "ReduceMean": _reduce_mean, "Concat": _concat,
     "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
     "GlobalAveragePool": _global_pool("avg"), "GlobalMaxPool": _global_pool("max"),
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Softmax": _softmax,

@@ -152,6 +152,7 @@ EW = {
     "max": lambda x, c: np.maximum(x, c), "min": lambda x, c: np.minimum(x, c),
     "sign": lambda x, c: np.sign(x),
     "bipolar": lambda x, c: np.where(x >= 0, F32(1), F32(-1)),
+    "abs": lambda x, c: np.abs(x),
 }
 
 
@@ -163,6 +164,20 @@ def ew(n: Node, x: np.ndarray) -> np.ndarray:
         else:
             y = EW[s.op](y, None if s.const is None else s.const.astype(F32)).astype(F32)
     return y
+
+
+def ew2(n: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two computed tensors, elementwise; one may hold one value per sample."""
+    return EW[n.attrs.op](a.astype(F32), b.astype(F32)).astype(F32)
+
+
+def mean(n: Node, x: np.ndarray) -> np.ndarray:
+    """Mean of each sample over all its elements, keeping the dims."""
+    return x.astype(np.float64).mean(axis=tuple(range(1, x.ndim)), keepdims=True).astype(F32)
+
+
+def concat(n: Node, *xs: np.ndarray) -> np.ndarray:
+    return np.concatenate([x.astype(F32) for x in xs], axis=-1)
 
 
 def softmax(n: Node, x: np.ndarray) -> np.ndarray:
@@ -184,6 +199,9 @@ OPS = {
     "unpack": unpack,
     "ew": ew,
     "softmax": softmax,
+    "ew2": ew2,
+    "mean": mean,
+    "concat": concat,
     "transpose": lambda n, x: np.ascontiguousarray(np.transpose(x, n.attrs.perm)),
     "reshape": lambda n, x: reshape(x, n.attrs.shape),
 }

@@ -218,6 +218,22 @@ class EwAttrs:
 
 
 @dataclass(frozen=True)
+class BinaryAttrs:
+    """``y = a op b`` on two computed float tensors (``ew2`` kernel op); ``bcast`` names the
+    operand that holds one value per sample ("a" or "b"), or "none" for equal shapes."""
+
+    op: str  # add | sub | mul | div
+    bcast: str = "none"
+
+
+@dataclass(frozen=True)
+class ConcatAttrs:
+    """Channel concatenation (``concat`` kernel op), channels last: output channel offsets."""
+
+    offsets: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class QuantizeAttrs:
     """Float values to levels, for a quantizer on a float tensor (``quantize`` kernel op).
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node, Tensor
-from qcc.ir.ops import (EwAttrs, EwStep, LayerAttrs, PoolAttrs, QuantAttrs, QuantizeAttrs, ReshapeAttrs,
-                        TransposeAttrs, UnpackAttrs)
+from qcc.ir.ops import (BinaryAttrs, ConcatAttrs, EwAttrs, EwStep, LayerAttrs, PoolAttrs, QuantAttrs,
+                        QuantizeAttrs, ReshapeAttrs, TransposeAttrs, UnpackAttrs)
 from qcc.ir.quant import QuantSpec
 from qcc.passes.base import PassResult, prune
 
@@ -256,6 +256,8 @@ def _pool(low: _Lowering, n: Node) -> None:
 
 
 def _dequant(low: _Lowering, n: Node) -> None:
+    if low.g.tensors[n.inputs[0]].is_const:
+        return  # quantized weights: their readers decode them at compile time (_const_value)
     low.phys[n.outputs[0]] = low.values(n.inputs[0], n.name)
 
 
@@ -293,6 +295,8 @@ def _steps(g: Graph, n: Node) -> list[EwStep]:
         return [EwStep("max", np.float32(n.attrs.lo)), EwStep("min", np.float32(n.attrs.hi))]
     if n.op == "Sign":
         return [EwStep("sign")]
+    if n.op == "Abs":
+        return [EwStep("abs")]
     if n.op in _QUANT_STEPS:
         return _QUANT_STEPS[n.op](n.attrs)
     first_const = g.tensors[n.inputs[0]].is_const
@@ -335,9 +339,39 @@ _QUANT_STEPS = {
 }
 
 
+def _binary(low: _Lowering, n: Node) -> None:
+    """Two computed operands: ``ew2``, one of them possibly one value per sample."""
+    g = low.g
+    a, b = (low.values(i, n.name) for i in n.inputs)
+    sa, sb = low.tensors[a].shape, low.tensors[b].shape
+    bcast = "none" if sa == sb else ("a" if all(d == 1 for d in sa[1:]) else "b")
+    t = low.tensors[b if bcast == "a" else a]
+    out = low.new(n.outputs[0], t.shape, layout=t.layout)
+    low.phys[n.outputs[0]] = low.emit("ew2", [a, b], out, BinaryAttrs(EW_OPS[n.op][0], bcast), n.name)
+
+
+def _reduce_mean(low: _Lowering, n: Node) -> None:
+    x = low.values(n.inputs[0], n.name)
+    t = low.tensors[x]
+    out = low.new(n.outputs[0], (t.shape[0],) + (1,) * (len(t.shape) - 1), layout=t.layout)
+    low.phys[n.outputs[0]] = low.emit("mean", [x], out, None, n.name)
+
+
+def _concat(low: _Lowering, n: Node) -> None:
+    xs = [low.values(i, n.name) for i in n.inputs]
+    channels = [low.tensors[x].shape[-1] for x in xs]
+    t = low.tensors[xs[0]]
+    out = low.new(n.outputs[0], t.shape[:-1] + (sum(channels),), layout=t.layout)
+    offsets = tuple(int(o) for o in np.cumsum([0] + channels[:-1]))
+    low.phys[n.outputs[0]] = low.emit("concat", xs, out, ConcatAttrs(offsets), n.name)
+
+
 def _elementwise(low: _Lowering, n: Node) -> None:
     g = low.g
-    x = next(i for i in n.inputs if i and not g.tensors[i].is_const)
+    computed = [i for i in n.inputs if i and not g.tensors[i].is_const]
+    if len(computed) == 2:
+        return _binary(low, n)
+    x = computed[0]
     p = low.values(x, n.name)
     steps = _steps(g, n)
     prev = low.nodes[-1] if low.nodes else None
@@ -365,5 +399,6 @@ _HANDLERS = {
     "Flatten": _reshape, "Reshape": _reshape, "Transpose": _reshape,
     "BatchNormalization": _elementwise, "Relu": _elementwise, "Clip": _elementwise, "Sign": _elementwise,
     "Add": _elementwise, "Sub": _elementwise, "Mul": _elementwise, "Div": _elementwise,
-    "Softmax": _softmax, "Trunc": _elementwise,
+    "Softmax": _softmax, "Trunc": _elementwise, "Abs": _elementwise,
+    "ReduceMean": _reduce_mean, "Concat": _concat,
 }

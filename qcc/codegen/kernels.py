@@ -45,7 +45,8 @@ OUTS = ("f32", "bits", "i16")
 KERNELS: tuple[KernelSpec, ...] = (
     _k("transpose", "nchw2nhwc_f32", to_nhwc=True),
     _k("transpose", "nhwc2nchw_f32", to_nhwc=False),
-    *(_k("quantize", f"{mode}_{out}", mode=mode, out=out) for mode in ("round", "sign", "thr") for out in OUTS),
+    *(_k("quantize", f"{mode}_{out}", mode=mode, out=out)
+      for mode in ("round", "sign", "ternary", "thr") for out in OUTS),
     _k("im2col", "b64"),
     *(_k("bgemm", f"pm1xpm1_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
     *(_k("pgemm", f"planes_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),

@@ -127,7 +127,7 @@ def _quantize(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     a = n.attrs
     x = p.g.tensors[n.inputs[0]]
     c = x.shape[-1]
-    mode = {"round": "round", "sign": "sign", "thresholds": "thr"}[a.mode]
+    mode = {"round": "round", "sign": "sign", "ternary": "ternary", "thresholds": "thr"}[a.mode]
     fn = u.use(find("quantize", f"{mode}_{a.out}"))
     pre = f"L{i}"
     s_, z_ = (np.asarray(v if v is not None else d, np.float32).reshape(-1) for v, d in ((a.scale, 1.0), (a.zero, 0.0)))

@@ -22,10 +22,11 @@ import onnx
 from onnx import numpy_helper
 
 from qcc.errors import QccError
+from qcc.frontend import functions
 from qcc.ir import interp
 from qcc.ir.graph import Graph, Node, Tensor
 from qcc.ir.ops import (BatchNormAttrs, BipolarQuantAttrs, ClipAttrs, ConvAttrs, FlattenAttrs,
-                        MultiThresholdAttrs, PoolAttrs, QuantAttrs, ReshapeAttrs, SoftmaxAttrs,
+                        MultiThresholdAttrs, PoolAttrs, QuantAttrs, ReshapeAttrs, SignAttrs, SoftmaxAttrs,
                         TransposeAttrs, TruncAttrs)
 
 QONNX_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general")
@@ -66,6 +67,10 @@ def _check(model: onnx.ModelProto) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         raise QccError(f"the ONNX checker rejects the model: {str(e).splitlines()[0]}")
+    try:
+        model = functions.inline(model)
+    except Exception as e:
+        raise QccError(f"cannot inline the model's local functions: {str(e).splitlines()[0]}")
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False)
     except Exception as e:
@@ -366,6 +371,10 @@ def _unary(op: str):
     return convert
 
 
+def _sign(ctx: _Ctx, node) -> None:
+    ctx.emit("Sign", node, node.input[:1], SignAttrs())
+
+
 def _alias(ctx: _Ctx, node) -> None:
     ctx.alias[node.output[0]] = ctx.name(node.input[0])
 
@@ -574,7 +583,7 @@ def _qlinear(op: str):
 
 STANDARD: dict[str, Callable] = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "BatchNormalization": _batchnorm,
-    "Relu": _unary("Relu"), "Sign": _unary("Sign"), "Abs": _unary("Abs"), "Clip": _clip,
+    "Relu": _unary("Relu"), "Sign": _sign, "Abs": _unary("Abs"), "Clip": _clip,
     "ReduceMean": _reduce_mean, "Concat": _concat,
     "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
     "GlobalAveragePool": _global_pool("avg"), "GlobalMaxPool": _global_pool("max"),
@@ -588,6 +597,21 @@ QONNX: dict[str, Callable] = {
     "Quant": _quant, "IntQuant": _quant, "BipolarQuant": _bipolar,
     "MultiThreshold": _multithreshold, "Trunc": _trunc,
 }
+
+
+_CONSTANT_KINDS = {"value_int": (np.int64, onnx.TensorProto.INT64), "value_ints": (np.int64, onnx.TensorProto.INT64),
+                   "value_float": (np.float32, onnx.TensorProto.FLOAT),
+                   "value_floats": (np.float32, onnx.TensorProto.FLOAT)}
+
+
+def _constant(n) -> tuple[np.ndarray, int]:
+    a = _attrs(n)
+    if "value" in a:
+        return numpy_helper.to_array(a["value"]), a["value"].data_type
+    for key, (dtype, etype) in _CONSTANT_KINDS.items():
+        if key in a:
+            return np.asarray(a[key], dtype), etype
+    _refuse(n, f"Constant with attribute(s) {sorted(a)} is not supported; supported: value, {', '.join(_CONSTANT_KINDS)}")
 
 
 def _dims(vi, batch: int, where: str) -> tuple[int, ...]:
@@ -622,11 +646,7 @@ def import_model(source, batch: int = 1) -> Graph:
             raise QccError(f"initializer '{init.name}' cannot be read: {e}")
     for n in g.node:
         if n.op_type == "Constant" and n.domain in STANDARD_DOMAINS:
-            a = _attrs(n)
-            if "value" not in a:
-                _refuse(n, "only Constant nodes with a 'value' tensor are supported")
-            consts[n.output[0]] = numpy_helper.to_array(a["value"])
-            etypes[n.output[0]] = a["value"].data_type
+            consts[n.output[0]], etypes[n.output[0]] = _constant(n)
     for name, arr in consts.items():
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise QccError(f"initializer '{name}' contains NaN or Inf")

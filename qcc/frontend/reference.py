@@ -36,6 +36,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qcc.errors import QccError
+from qcc.frontend import functions
 
 __all__ = ["QONNX_DOMAINS", "expose_all", "reference_session", "run_reference", "to_reference"]
 
@@ -276,7 +277,7 @@ def to_reference(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with every QONNX node replaced by equivalent standard ONNX ops,
     initializers no longer listed as graph inputs, and opset/IR versions ORT can load."""
     out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out.CopyFrom(functions.inline(model))
     out = _convert_opset(out)
     graph = out.graph
     consts = _constants(graph)

@@ -191,7 +191,7 @@ MODEL_OPS: dict[str, Callable] = {
     "IntConv": lambda n, x, w, off=None: conv2d(x, w, n.attrs, np.int64) + (0 if off is None else off.reshape(1, -1, 1, 1)),
     "BatchNormalization": _batchnorm,
     "Relu": lambda n, x: np.maximum(x, F32(0)).astype(F32),
-    "Sign": lambda n, x: np.sign(x).astype(F32),
+    "Sign": lambda n, x: np.sign(x).astype(np.int32 if n.attrs.codes else F32),
     "Abs": lambda n, x: np.abs(x).astype(F32),
     "ReduceMean": lambda n, x: x.astype(np.float64).mean(axis=tuple(range(1, x.ndim)), keepdims=True).astype(F32),
     "Concat": lambda n, *xs: np.concatenate(xs, axis=1),

@@ -128,6 +128,8 @@ def quantize(n: Node, x: np.ndarray) -> np.ndarray:
     if a.mode == "sign":
         scale, zero = (F32(1), F32(0)) if a.scale is None else (a.scale, a.zero)
         q = np.where(((x / scale).astype(F32) + zero).astype(F32) >= 0, 1, -1)
+    elif a.mode == "ternary":
+        q = np.sign(x).astype(np.int64)
     elif a.mode == "thresholds":
         q = a.spec.lo + a.spec.step * (x[..., None] >= a.thresholds).sum(axis=-1)
     else:

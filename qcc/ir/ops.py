@@ -113,6 +113,16 @@ class BipolarQuantAttrs:
 
 
 @dataclass(frozen=True)
+class SignAttrs:
+    """ONNX ``Sign`` is a quantizer too: levels ``{-1, 0, +1}`` (ternary; 0 stays 0)."""
+
+    codes: bool = False
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(-1, 1, 1, np.float32(1))
+
+
+@dataclass(frozen=True)
 class MultiThresholdAttrs:
     """QONNX ``MultiThreshold``: ``n = #{j : x >= t[c, j]}``; ``y = out_scale * n + out_bias``."""
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from qcc.ir.graph import Graph, Node
 
-QUANTIZERS = ("Quant", "BipolarQuant", "MultiThreshold")
+QUANTIZERS = ("Quant", "BipolarQuant", "MultiThreshold", "Sign")
 
 
 @dataclass(frozen=True)

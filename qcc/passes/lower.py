@@ -160,6 +160,8 @@ def _quantizer(low: _Lowering, n: Node) -> None:
     spec = low.spec_for(n.outputs[0])
     if n.op == "BipolarQuant":
         attrs = QuantizeAttrs("sign", spec, scale=np.float32(1), zero=np.float32(0))
+    elif n.op == "Sign":
+        attrs = QuantizeAttrs("ternary", spec)
     elif n.op == "Quant" and a.bits == 1 and a.signed:  # QONNX: bipolar on x / scale + zero
         attrs = QuantizeAttrs("sign", spec, scale=_vec(a.scale), zero=_vec(a.zero))
     elif n.op == "MultiThreshold":
@@ -394,10 +396,10 @@ def _softmax(low: _Lowering, n: Node) -> None:
 
 
 _HANDLERS = {
-    "Quant": _quantizer, "BipolarQuant": _quantizer, "MultiThreshold": _quantizer,
+    "Quant": _quantizer, "BipolarQuant": _quantizer, "MultiThreshold": _quantizer, "Sign": _quantizer,
     "IntConv": _intconv, "Conv": _conv, "Pool": _pool, "Dequant": _dequant,
     "Flatten": _reshape, "Reshape": _reshape, "Transpose": _reshape,
-    "BatchNormalization": _elementwise, "Relu": _elementwise, "Clip": _elementwise, "Sign": _elementwise,
+    "BatchNormalization": _elementwise, "Relu": _elementwise, "Clip": _elementwise,
     "Add": _elementwise, "Sub": _elementwise, "Mul": _elementwise, "Div": _elementwise,
     "Softmax": _softmax, "Trunc": _elementwise, "Abs": _elementwise,
     "ReduceMean": _reduce_mean, "Concat": _concat,

@@ -13,10 +13,12 @@ from qcc.passes.integer_conv import integer_conv
 from qcc.passes.lower import lower
 from qcc.passes.plan_memory import plan_memory
 from qcc.passes.remove_dead_channels import remove_dead_channels
+from qcc.passes.split_scaled_sum import split_scaled_sum
 
 PASSES: tuple[Callable[[Graph], PassResult], ...] = (
     fold_constants,
     gemm_to_conv,
+    split_scaled_sum,
     integer_conv,
     fold_thresholds,
     remove_dead_channels,

@@ -2,6 +2,7 @@
 scales, Concat along channels, depthwise (grouped) quantized conv, average pooling on
 levels, global average pooling; and the runtime-scale ops XNOR-Net/HORQ use."""
 import numpy as np
+import pytest
 
 import builders
 from qcc import InferenceSession
@@ -61,10 +62,37 @@ def horq(order=2, seed=3):
     return b.model({"x": [1, 8, 6, 6]}, {y: 4})
 
 
-def test_horq_subgraph_runs():
-    for order in (1, 2, 3):
-        model = horq(order)
-        feeds = {"x": np.random.default_rng(order).standard_normal((16, 8, 6, 6)).astype(np.float32)}
-        got = InferenceSession(model).run(None, feeds)[0]
-        want = run_reference(model, feeds)[0]
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_horq_orders_become_integer_convs(order):
+    """K binarized inputs, K integer plane convs; only the beta combination is float."""
+    model = horq(order)
+    feeds = {"x": np.random.default_rng(order).standard_normal((16, 8, 6, 6)).astype(np.float32)}
+    got = InferenceSession(model).run(None, feeds)[0]
+    want = run_reference(model, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    _, low = lower_model(model)
+    layers = [n for n in low.nodes if n.op == "layer"]
+    assert len(layers) == order
+    assert all(low.tensors[n.inputs[0]].dtype == "bits" and n.attrs.x_spec.levels == 3 for n in layers)
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_qcc_horq_function(opset):
+    """qcc's model-local HORQ2 function: onnxruntime runs its body, qcc compiles 2 plane convs."""
+    from onnx import helper as h
+
+    from qcc.frontend.functions import DOMAIN, horq_function
+
+    b = builders.Builder(8)
+    xhat = b.node("HORQ2", ["x"], DOMAIN)
+    y = b.conv(xhat, b.binary_weight((12, 8, 3, 3)), (3, 3), pads=(1, 1, 1, 1))
+    model = b.model({"x": [1, 8, 5, 5]}, {y: 4})
+    del model.opset_import[:]
+    model.opset_import.extend([h.make_opsetid("", opset), h.make_opsetid(builders.Q, 1), h.make_opsetid(DOMAIN, 1)])
+    model.functions.append(horq_function(2, opset))
+    feeds = {"x": np.random.default_rng(4).standard_normal((16, 8, 5, 5)).astype(np.float32)}
+    got = InferenceSession(model).run(None, feeds)[0]
+    want = run_reference(model, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    _, low = lower_model(model)
+    assert sum(n.op == "layer" for n in low.nodes) == 2

@@ -14,8 +14,10 @@ from qcc.passes.lower import lower
 from qcc.passes.plan_memory import plan_memory
 from qcc.passes.remove_dead_channels import remove_dead_channels
 from qcc.passes.split_scaled_sum import split_scaled_sum
+from qcc.passes.split_weight_bases import split_weight_bases
 
 PASSES: tuple[Callable[[Graph], PassResult], ...] = (
+    split_weight_bases,
     fold_constants,
     gemm_to_conv,
     split_scaled_sum,

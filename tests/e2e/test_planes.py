@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import builders
+from qcc import InferenceSession
 from qcc.api import lower_model
 from qcc.frontend.reference import run_reference
 from test_w1a1 import N, _bn_inputs, _compare
@@ -168,3 +169,38 @@ def test_planes_are_used():
     assert [t.dtype for t in inputs("mixed-per-layer")] == ["i16", "bits", "i16", "i16", "i16"]
     hwgq = inputs("w1a2-hwgq")
     assert [t.dtype for t in hwgq] == ["i16", "bits", "i16"] and hwgq[1].quant.bits == 2
+
+
+def alq_mlp(bases=2, seed=0):
+    """ALQ: each hidden weight is sum_i alpha_i * B_i, binary bases with arbitrary (per output
+    channel) coefficients; 2-bit activations."""
+    b = builders.Builder(seed)
+    x = b.quant("x", 2.0 ** -4, 8, signed=1)
+    c_in = 48
+    for c in (40, 24):
+        terms = []
+        for i in range(bases):
+            alpha = b.const(b.rng.uniform(0.1, 1.0, (c, 1)) / 2 ** i)
+            terms.append(b.node("Mul", [alpha, b.bipolar(b.const(b.rng.uniform(-1, 1, (c, c_in)), "w"))]))
+        w = terms[0]
+        for t in terms[1:]:
+            w = b.node("Add", [w, t])
+        y = b.node("Gemm", [x, w], transB=1)
+        x = _act(b, y, c, "u2", None, None)
+        c_in = c
+    logits = b.node("Gemm", [x, b.int_weight((7, c_in)), b.const(np.zeros(7))], transB=1)
+    return b.model({"x": [1, 48]}, {logits: 2})
+
+
+@pytest.mark.parametrize("bases", [2, 3])
+def test_alq_multi_basis_weights(bases):
+    model = alq_mlp(bases)
+    feeds = {"x": np.random.default_rng(6).uniform(-4, 4, (N, 48)).astype(np.float32)}
+    got = InferenceSession(model).run(None, feeds)[0]
+    want = run_reference(model, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.99
+    _, low = lower_model(model)
+    layers = [n for n in low.nodes if n.op == "layer"]
+    binary = [n for n in layers if n.attrs.w_spec is not None and n.attrs.w_spec.bipolar]
+    assert len(binary) == 2 * bases  # every basis of both hidden layers is a popcount layer

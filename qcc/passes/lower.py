@@ -185,7 +185,6 @@ def _check_thresholds_layout(low: _Lowering, n: Node) -> None:
 def _intconv(low: _Lowering, n: Node) -> None:
     g = low.g
     acc = n.outputs[0]
-    reader = g.sole_consumer(acc)
     w_t = g.tensors[n.inputs[1]]
     wl = np.transpose(w_t.data, (0, 2, 3, 1)).astype(np.int32)  # (Co, kh, kw, Ci/g)
     x_spec = g.tensors[n.inputs[0]].quant
@@ -198,9 +197,18 @@ def _intconv(low: _Lowering, n: Node) -> None:
     planes = low.tensors[xp].dtype == "bits" and x_spec.bits * w_t.quant.bits <= MAX_PLANE_PAIRS and n.attrs.group == 1
     if not planes:
         xp = low.int_levels(xp, n.name)
+    readers = g.consumers(acc)
+    if not readers or g.is_output(acc):
+        raise QccError("an integer accumulator must feed thresholds or one scale Mul", node=n.name, op="Conv")
+    for reader in readers:  # one layer call per reader (e.g. two staircases of one accumulator)
+        _layer_for(low, n, reader, wl, w_t.quant, xp, offset)
+
+
+def _layer_for(low: _Lowering, n: Node, reader: Node, wl, w_spec, xp: str, offset) -> None:
+    g = low.g
     mul = bias = thr = None
     out_name, out, spec = None, "f32", None
-    if reader is not None and reader.op == "Threshold":
+    if reader.op == "Threshold":
         thr = reader.attrs
         if offset is not None:  # sign * (acc + off) >= t  <=>  sign * acc >= t - sign * off
             thr = dataclasses.replace(thr, thr=thr.thr - (thr.sign * offset)[:, None])
@@ -209,7 +217,7 @@ def _intconv(low: _Lowering, n: Node) -> None:
         out = storage(spec)
         out_name = reader.outputs[0]
         low.fused.add(reader.name + "|" + reader.outputs[0])
-    elif reader is not None and reader.op == "Mul":
+    elif reader.op == "Mul" and g.tensors[reader.inputs[1]].is_const:
         mul = g.const(reader.inputs[1]).reshape(-1).astype(np.float32)
         out_name = reader.outputs[0]
         low.fused.add(reader.name + "|" + out_name)
@@ -221,7 +229,7 @@ def _intconv(low: _Lowering, n: Node) -> None:
     else:
         raise QccError("an integer accumulator must feed thresholds or one scale Mul", node=n.name, op="Conv")
     attrs = LayerAttrs(n.attrs, wl, mul=mul, bias=bias, thr=thr, x_spec=low.tensors[xp].quant,
-                       w_spec=w_t.quant, out=out, acc_offset=offset, source=n.name)
+                       w_spec=w_spec, out=out, acc_offset=offset, source=n.name)
     y = low.new(out_name, low.phys_shape(out_name), out, spec, "NHWC")
     low.phys[out_name] = low.emit("layer", [xp], y, attrs, n.name)
 

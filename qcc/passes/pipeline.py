@@ -19,8 +19,8 @@ from qcc.passes.split_weight_bases import split_weight_bases
 PASSES: tuple[Callable[[Graph], PassResult], ...] = (
     split_weight_bases,
     fold_constants,
-    gemm_to_conv,
     split_scaled_sum,
+    gemm_to_conv,
     integer_conv,
     fold_thresholds,
     remove_dead_channels,

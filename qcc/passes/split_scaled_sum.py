@@ -8,12 +8,18 @@ Convolution is linear and zero padding of ``x_hat`` is zero padding of every ``H
 
     conv(x_hat, W) + b = sum_k beta_k * conv(H_k, W) + b
 
-Each ``conv(H_k, W)`` has quantized operands, so ``integer_conv`` makes it an exact
+The same holds for Gemm (the pass runs before ``gemm_to_conv``). Each ``conv(H_k, W)``
+has quantized operands, so ``integer_conv`` makes it an exact
 integer accumulation (XNOR/AND + popcount over planes); only the K-term combination with
 the runtime ``beta_k`` stays in float. The pattern is recognized in the graph as exported
 (``Sign``, ``Abs``, ``ReduceMean``, ``Mul``, ``Sub``, ``Add``) and in qcc's HORQ function
 after inlining. A term without a scale (``H_k`` itself) is allowed; a sum that is not
 made of such terms is left alone.
+
+A scale may also be a constant. That is how HWGQ's non-uniform levels
+``{0, beta - delta, beta, beta + delta}`` compile: they are ``beta * m + delta * t`` (SEEDS.md),
+or with two monotone staircases of the same input, ``delta * u + (beta - 2 delta) * m``
+(``u`` the 2-bit code, ``m = [u >= 1]``), one integer conv per plane group.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ def split_scaled_sum(graph: Graph) -> PassResult:
     nodes: list[Node] = []
     taken: set[str] = set()
     for n in graph.nodes:
-        terms = _terms(graph, n.inputs[0]) if n.op == "Conv" else None
+        terms = _terms(graph, n.inputs[0]) if n.op in ("Conv", "Gemm") else None
         if not terms or all(beta is None for beta, _ in terms):
             nodes.append(n)
             continue
@@ -35,7 +41,7 @@ def split_scaled_sum(graph: Graph) -> PassResult:
         for k, (beta, h) in enumerate(terms):
             y = graph.fresh_name(f"{out}_term{k}", taken)
             tensors[y] = tensors[out].with_(name=y)
-            nodes.append(Node("Conv", (h, n.inputs[1]), (y,), n.attrs, f"{n.name}_term{k}"))
+            nodes.append(Node(n.op, (h, n.inputs[1]), (y,), n.attrs, f"{n.name}_term{k}"))
             if beta is not None:
                 z = graph.fresh_name(f"{out}_scaled{k}", taken)
                 tensors[z] = tensors[out].with_(name=z)
@@ -49,9 +55,10 @@ def split_scaled_sum(graph: Graph) -> PassResult:
             total = y
         bias = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else None
         if bias is not None:
-            b4 = graph.fresh_name(bias + "_4d", taken)
-            tensors[b4] = tensors[bias].with_(name=b4, data=graph.const(bias).reshape(1, -1, 1, 1),
-                                              shape=(1, tensors[bias].shape[0], 1, 1))
+            b4 = graph.fresh_name(bias + "_bcast", taken)
+            v = graph.const(bias).reshape(-1)
+            shape = (1, v.size) + (1,) * (len(tensors[out].shape) - 2)
+            tensors[b4] = tensors[bias].with_(name=b4, data=v.reshape(shape), shape=shape)
             nodes.append(Node("Add", (total, b4), (out,), None, f"{n.name}_bias"))
         else:
             nodes[-1] = nodes[-1].with_(outputs=(out,))
@@ -60,8 +67,9 @@ def split_scaled_sum(graph: Graph) -> PassResult:
 
 
 def _per_sample(graph: Graph, name: str) -> bool:
+    """One value per sample (computed at run time), or one constant for everything."""
     t = graph.tensors[name]
-    return not t.is_const and all(d == 1 for d in t.shape[1:])
+    return all(d == 1 for d in t.shape[1:]) if not t.is_const else t.size == 1
 
 
 def _terms(graph: Graph, x: str) -> list[tuple[str | None, str]] | None:
@@ -71,7 +79,7 @@ def _terms(graph: Graph, x: str) -> list[tuple[str | None, str]] | None:
         return None
     if p.op in QUANTIZERS and p.attrs.spec() is not None:
         return [(None, x)]
-    if p.op == "Mul" and not any(graph.tensors[i].is_const for i in p.inputs):
+    if p.op == "Mul":
         a, b = p.inputs
         if _per_sample(graph, a) and _terms(graph, b) == [(None, b)]:
             return [(a, b)]

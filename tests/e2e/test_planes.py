@@ -204,3 +204,34 @@ def test_alq_multi_basis_weights(bases):
     layers = [n for n in low.nodes if n.op == "layer"]
     binary = [n for n in layers if n.attrs.w_spec is not None and n.attrs.w_spec.bipolar]
     assert len(binary) == 2 * bases  # every basis of both hidden layers is a popcount layer
+
+
+def hwgq_nonuniform(seed=0):
+    """HWGQ with a first gap other than the step: levels {0, beta - delta, beta, beta + delta}
+    as delta * u + (beta - 2 delta) * m, with u = 2-bit code and m = [u >= 1] (two
+    MultiThresholds on the same BatchNorm output), feeding a binary-weight layer."""
+    b = builders.Builder(seed)
+    x = b.quant("x", 2.0 ** -4, 8, signed=1)
+    y = b.node("Gemm", [x, b.int_weight((40, 48))], transB=1)
+    y = b.batchnorm(y, 40)
+    t = np.sort(b.rng.integers(0, 12, (40, 3)) * 0.25, axis=1)
+    u = b.node("MultiThreshold", [y, b.const(t)], builders.Q, out_scale=1.0, out_dtype="UINT2")
+    m = b.node("MultiThreshold", [y, b.const(t[:, :1])], builders.Q, out_scale=1.0, out_dtype="BINARY")
+    beta, delta = 0.75, 0.5  # levels 0, 0.25, 0.75, 1.25
+    v = b.node("Add", [b.node("Mul", [u, b.const(delta)]), b.node("Mul", [m, b.const(beta - 2 * delta)])])
+    z = b.node("Gemm", [v, b.binary_weight((24, 40))], transB=1)
+    logits = b.node("Gemm", [z, b.const(b.rng.standard_normal((7, 24))), b.const(np.zeros(7))], transB=1)
+    return b.model({"x": [1, 48]}, {v: 2, logits: 2})
+
+
+def test_hwgq_nonuniform_levels():
+    model = hwgq_nonuniform()
+    feeds = {"x": np.random.default_rng(7).uniform(-4, 4, (N, 48)).astype(np.float32)}
+    got = InferenceSession(model).run(None, feeds)
+    want = run_reference(model, feeds)
+    assert np.array_equal(got[0], want[0])
+    assert set(np.unique(got[0])) == {0.0, 0.25, 0.75, 1.25}
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-4 * np.abs(want[1]).max())
+    _, low = lower_model(model)
+    binary = [n for n in low.nodes if n.op == "layer" and n.attrs.w_spec is not None and n.attrs.w_spec.bipolar]
+    assert len(binary) == 2 and sorted(n.attrs.x_spec.bits for n in binary) == [1, 2]

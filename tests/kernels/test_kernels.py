@@ -506,9 +506,9 @@ def _rot(seq, k):
 def _sweep(make, rotations, outs):
     """Every in and every out channel count, paired by rotations of CHANNELS, outputs cycled."""
     cases = []
-    for r in rotations:
+    for j, r in enumerate(rotations):
         for i, (ci, co) in enumerate(zip(CHANNELS, _rot(CHANNELS, r))):
-            cases.append(make(ci, co, outs[(i + 3 * r) % len(outs)], i + r))
+            cases.append(make(ci, co, outs[(i + 3 * r) % len(outs)], i + len(CHANNELS) * j))
     return cases
 
 
@@ -628,7 +628,8 @@ def test_plane_layer_over_256_taps_is_refused(xw):
 
 # (input grid, weight grid): planes x planes <= 4, lo != 0 on either or both sides, step 2 on either
 PGEMM_PAIRS = (("u2", "t"), ("i2", "i2"), ("t", "u1"), ("pm1", "t"), ("u1", "pm1"), ("i2", "pm1"),
-               ("pm1", "u1"), ("o2", "i2"), ("u1", "o2"), ("t", "n1"), ("n1", "u2"), ("u2", "u2"), ("pm1", "i2"))
+               ("pm1", "u1"), ("o2", "i2"), ("u1", "o2"), ("t", "n1"), ("n1", "u2"), ("u2", "u2"), ("pm1", "i2"),
+               ("t", "o2"))
 PGEMM_OUTS = ("f32_mb", "u2", "i16", "pm1", "f32_mul", "i2", "i16s", "u1", "f32_bias", "o2", "f32")
 
 PGEMM_CASES = (
@@ -641,6 +642,7 @@ PGEMM_CASES = (
         ConvCase("o2", "i2", 63, 3, hw=(7, 7), k=(7, 7), pads=(3, 3, 3, 3), out="i16s"),
         ConvCase("u1", "o2", 128, 1, hw=(9, 8), k=(7, 7), s=(2, 2), pads=(0, 1, 2, 1), out="f32"),
         ConvCase("i2", "pm1", 65, 65, hw=(4, 5), k=(1, 3), pads=(0, 1, 0, 1), out="i2"),
+        ConvCase("t", "o2", 63, 64, hw=(5, 6), k=(3, 3), s=(2, 1), pads=(2, 0, 0, 1), out="u1"),
         ConvCase("n1", "u2", 3, 100, hw=(5, 3), k=(3, 1), s=(2, 1), pads=(1, 0, 1, 0), out="u2"),
         ConvCase("t", "n1", 100, 65, hw=(1, 1), k=(3, 3), pads=(2, 2, 2, 2), out="f32_mb"),
         ConvCase("pm1", "u1", 1, 1, hw=(1, 1), k=(3, 3), pads=(1, 1, 1, 1), out="i16"),

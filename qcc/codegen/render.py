@@ -30,6 +30,8 @@ def cfloat(v) -> str:
     f = float(np.float32(v))
     if not np.isfinite(f):
         raise QccError(f"non-finite constant {f} cannot be emitted")
+    if f == 0.0 and np.signbit(f):  # int(-0.0) is 0: keep the sign (x + -0.0 and x * -0.0 depend on it)
+        return "-0.0f"
     return f"{f.hex()}f" if f != int(f) or abs(f) >= 1 << 24 else f"{int(f)}.0f"
 
 

@@ -73,7 +73,8 @@ static inline int32_t qcc_popcount64(uint64_t v) {
 }
 
 /* Rounding without libm, for values already clamped to a small integer range (|v| < 2^62).
- * Signed zeros follow IEEE and numpy: floor(-0.0) = -0.0, trunc(-0.3) = -0.0, |-0.0| = +0.0. */
+ * Signed zeros follow IEEE and numpy: floor(-0.0) = -0.0, trunc(-0.3) = -0.0, |-0.0| = +0.0,
+ * sign(-0.0) = +0.0; NaN passes through sign. */
 static inline float qcc_floorf(float v) {
     float t = (float)(int64_t)v;
     if (t > v) return t - 1.0f;
@@ -84,7 +85,7 @@ static inline float qcc_truncf(float v) {
     float t = (float)(int64_t)v;
     return t == 0.0f ? v * 0.0f : t;
 }
-static inline float qcc_signf(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : v); }
+static inline float qcc_signf(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : (v == 0.0f ? 0.0f : v)); }
 static inline float qcc_absf(float v) {
     union { float f; uint32_t u; } b;
     b.f = v;

@@ -47,8 +47,8 @@ from qcc.codegen.render import RUNTIME_DIR, render
 from qcc.ir import interp
 from qcc.ir.graph import Graph, Node, Tensor
 from qcc.ir.kernels_ref import levels, pack_planes, unpack_bits, unpack_planes, words
-from qcc.ir.ops import (ConvAttrs, EwAttrs, EwStep, LayerAttrs, PoolAttrs, QuantizeAttrs,
-                        ReshapeAttrs, SoftmaxAttrs, ThresholdAttrs, TransposeAttrs, UnpackAttrs)
+from qcc.ir.ops import (BinaryAttrs, ConcatAttrs, ConvAttrs, EwAttrs, EwStep, LayerAttrs, PoolAttrs,
+                        QuantizeAttrs, ReshapeAttrs, SoftmaxAttrs, ThresholdAttrs, TransposeAttrs, UnpackAttrs)
 from qcc.ir.quant import QuantSpec
 from qcc.passes.plan_memory import nbytes, plan_memory
 
@@ -95,11 +95,19 @@ class Chain:
     def t(self) -> Tensor:
         return self.tensors[self.cur]
 
-    def op(self, op: str, attrs, shape, dtype: str = "f32", layout: str = "NHWC", quant=None) -> "Chain":
+    def op(self, op: str, attrs, shape, dtype: str = "f32", layout: str = "NHWC", quant=None,
+           inputs: tuple[str, ...] | None = None) -> "Chain":
+        """Append a node reading ``inputs`` (default: the current tensor); its output becomes current."""
         i = len(self.nodes)
         name = f"t{i}_{op}"
         self.tensors[name] = Tensor(name, tuple(int(d) for d in shape), dtype, quant=quant, layout=layout)
-        self.nodes.append(Node(op, (self.cur,), (name,), attrs, f"n{i}_{op}"))
+        self.nodes.append(Node(op, tuple(inputs or (self.cur,)), (name,), attrs, f"n{i}_{op}"))
+        self.cur = name
+        return self
+
+    def at(self, name: str) -> "Chain":
+        """Continue from an earlier tensor (branches)."""
+        assert name in self.tensors
         self.cur = name
         return self
 
@@ -159,6 +167,24 @@ class Chain:
 
     def softmax(self) -> "Chain":
         return self.op("softmax", SoftmaxAttrs(-1), self.t.shape, layout=self.t.layout)
+
+    def mean(self) -> "Chain":
+        t = self.t
+        return self.op("mean", None, (t.shape[0],) + (1,) * (len(t.shape) - 1), layout=t.layout)
+
+    def ew2(self, a: str, b: str, op: str) -> "Chain":
+        """``a op b``; the one of them with one value per sample is broadcast, as the lowering does."""
+        sa, sb = self.tensors[a].shape, self.tensors[b].shape
+        bcast = "none" if sa == sb else ("a" if all(d == 1 for d in sa[1:]) else "b")
+        t = self.tensors[b if bcast == "a" else a]
+        return self.op("ew2", BinaryAttrs(op, bcast), t.shape, layout=t.layout, inputs=(a, b))
+
+    def concat(self, names: list[str]) -> "Chain":
+        chans = [self.tensors[x].shape[-1] for x in names]
+        t = self.tensors[names[0]]
+        offsets = tuple(int(o) for o in np.cumsum([0] + chans[:-1]))
+        return self.op("concat", ConcatAttrs(offsets), t.shape[:-1] + (sum(chans),), layout=t.layout,
+                       inputs=tuple(names))
 
     def graph(self) -> Graph:
         """The graph, with every computed tensor kept alive to the end by a trailing reshape."""
@@ -449,15 +475,16 @@ def output_transform(out: str, acc: np.ndarray, bound: int, rng) -> tuple[dict, 
         thr, sign = threshold_table(acc, bound, spec.levels - 1, rng)
         n = ((acc * sign)[..., None] >= thr).sum(axis=-1)
         return dict(thr=ThresholdAttrs(thr, sign, spec), out=kind), spec.lo + spec.step * n
-    assert out in F32_OUTS, out
-    mul = rng.uniform(-2, 2, co).astype(F32) if out in ("f32_mul", "f32_mb") else None
-    bias = rng.uniform(-3, 3, co).astype(F32) if out in ("f32_bias", "f32_mb") else None
-    y = acc.astype(F32)
+    assert out in F32_OUTS + ("f32_off",), out
+    mul = rng.uniform(-2, 2, co).astype(F32) if out in ("f32_mul", "f32_mb", "f32_off") else None
+    bias = rng.uniform(-3, 3, co).astype(F32) if out in ("f32_bias", "f32_mb", "f32_off") else None
+    off = rng.integers(-1000, 1001, co).astype(np.int32) if out == "f32_off" else None  # integer accumulators only
+    y = (acc if off is None else acc + off).astype(F32)
     if mul is not None:
         y = (y * mul).astype(F32)
     if bias is not None:
         y = (y + bias).astype(F32)
-    return dict(mul=mul, bias=bias, out="f32"), y
+    return dict(mul=mul, bias=bias, acc_offset=off, out="f32"), y
 
 
 def test_oracle_plane_layout():
@@ -484,7 +511,7 @@ class ConvCase:
     k: tuple[int, int] = (3, 3)
     s: tuple[int, int] = (1, 1)
     pads: tuple[int, int, int, int] = (1, 1, 1, 1)
-    out: str = "f32_mb"  # F32_OUTS or OUT_LEVELS
+    out: str = "f32_mb"  # F32_OUTS, "f32_off" (affine with an integer accumulator offset) or OUT_LEVELS
     n: int = 1
     group: int = 1
     data: str = ""  # f32 input: int | float | quant | unpacked; levels input: "" | extreme
@@ -577,7 +604,7 @@ def layer_case(p: ConvCase) -> Case:
 
 # ---------------------------------------------------------------- binary XNOR layer (bgemm)
 
-BGEMM_OUTS = ("f32_mb", "pm1", "u2", "i16", "f32_mul", "i2", "f32_bias", "o2", "i16s", "f32", "u1")
+BGEMM_OUTS = ("f32_mb", "pm1", "u2", "i16", "f32_mul", "i2", "f32_bias", "o2", "i16s", "f32", "u1", "f32_off")
 
 BGEMM_CASES = (
     _sweep(lambda ci, co, out, i: ConvCase("pm1", "pm1", ci, co, out=out), (1, 2, 3), BGEMM_OUTS)
@@ -630,7 +657,7 @@ def test_plane_layer_over_256_taps_is_refused(xw):
 PGEMM_PAIRS = (("u2", "t"), ("i2", "i2"), ("t", "u1"), ("pm1", "t"), ("u1", "pm1"), ("i2", "pm1"),
                ("pm1", "u1"), ("o2", "i2"), ("u1", "o2"), ("t", "n1"), ("n1", "u2"), ("u2", "u2"), ("pm1", "i2"),
                ("t", "o2"))
-PGEMM_OUTS = ("f32_mb", "u2", "i16", "pm1", "f32_mul", "i2", "i16s", "u1", "f32_bias", "o2", "f32")
+PGEMM_OUTS = ("f32_mb", "u2", "i16", "pm1", "f32_mul", "i2", "i16s", "u1", "f32_bias", "o2", "f32", "f32_off")
 
 PGEMM_CASES = (
     _sweep(lambda ci, co, out, i: ConvCase(*PGEMM_PAIRS[i % len(PGEMM_PAIRS)], ci, co, out=out), (1, 2), PGEMM_OUTS)
@@ -672,7 +699,7 @@ ICONV_CASES = [
     ConvCase("i8", "w8", 65, 130, hw=(3, 3), k=(1, 1), pads=(0, 0, 0, 0), group=65, out="i2"),  # depthwise x2
     ConvCase("i8", "w8", 100, 1, hw=(1, 1), out="f32_bias", n=2),
     ConvCase("u4", "w8", 3, 4, hw=(7, 6), k=(5, 5), s=(2, 2), pads=(2, 0, 1, 2), out="u1"),
-    ConvCase("i8", "w8", 512, 2, hw=(3, 3), out="f32_mul", data="extreme"),  # |acc| up to 4.7e7 > 2^24
+    ConvCase("i8", "w8", 512, 2, hw=(3, 3), out="f32_off", data="extreme"),  # |acc| up to 7.5e7 > 2^24
     # the lowering's widening: bit planes unpacked to int16 for grouped or wide-pair layers
     ConvCase("u2", "w8", 5, 7, hw=(4, 4), out="f32_mul", feed="i16", n=2),
     ConvCase("pm1", "t", 6, 6, hw=(5, 5), group=3, out="pm1", feed="i16"),
@@ -861,7 +888,7 @@ def test_oracle_rounding_ties(mode):
 
 @dataclass(frozen=True)
 class QuantCase:
-    mode: str  # round | sign | thresholds
+    mode: str  # round | sign | ternary | thresholds
     out: str  # f32 | bits | i16
     c: int
     spec: str = ""  # grid of the levels (GRIDS or OUT_LEVELS name); round f32/i16: from the zero points
@@ -870,12 +897,14 @@ class QuantCase:
     hw: tuple[int, int] = (3, 4)
     n: int = 1
     scaled: bool = False  # sign: with a (per-channel) scale and zero point, as a 1-bit signed Quant
+    half: bool = False  # round: a half-integer zero point, levels 2 * (y - z) on a step-2 grid
 
     def __str__(self) -> str:
         s = f"{self.mode}_{self.out}" + (f"_{self.spec}" if self.spec else "") + f"-c{self.c}"
         s += f"-{self.rounding}" if self.mode == "round" else ""
         s += "" if self.per_channel else "-shared"
         s += "-scaled" if self.scaled else ""
+        s += "-half_zero" if self.half else ""
         return s + (f"-n{self.n}" if self.n != 1 else "")
 
 
@@ -887,6 +916,9 @@ QUANT_CASES = (
        QuantCase("round", "bits", 65, "t", "UP"), QuantCase("round", "bits", 64, "u1", "FLOOR", n=2),
        QuantCase("round", "bits", 130, "n1", "CEIL", per_channel=False),
        QuantCase("round", "i16", 5, "", "HALF_DOWN"), QuantCase("round", "i16", 65, "", "DOWN", per_channel=False),
+       QuantCase("round", "bits", 65, "o2", "HALF_UP", half=True), QuantCase("round", "i16", 5, "", half=True),
+       QuantCase("round", "f32", 64, "", "FLOOR", per_channel=False, half=True),
+       QuantCase("ternary", "f32", 5), QuantCase("ternary", "bits", 65, n=2), QuantCase("ternary", "i16", 3),
        QuantCase("sign", "f32", 3), QuantCase("sign", "bits", 1), QuantCase("sign", "bits", 63),
        QuantCase("sign", "bits", 65, n=2), QuantCase("sign", "bits", 128), QuantCase("sign", "f32", 100, hw=(1, 1)),
        QuantCase("sign", "bits", 70, scaled=True), QuantCase("sign", "i16", 5, scaled=True, per_channel=False),
@@ -908,7 +940,13 @@ def quant_case(p: QuantCase) -> Case:
     xs = (p.n, *p.hw, p.c)  # generated channels last, transposed to the NCHW input at the end
     if p.mode == "round":
         scale = rng.choice(np.array([0.25, 0.5, 1.0, 2.0], F32), npar)
-        if p.out == "bits":  # one zero point (repeated per channel) so the levels stay on one grid
+        if p.half:  # QONNX Quant with a half-integer zero point: the levels 2 * (y - z) are odd
+            zh = {"bits": 1.5, "i16": 0.5, "f32": -0.5}[p.out]
+            zero = np.full(npar, zh, F32)
+            lo, hi = {"bits": (0.0, 3.0), "i16": (-8.0, 7.0), "f32": (-4.0, 3.0)}[p.out]
+            spec = QuantSpec(int(2 * (lo - zh)), int(2 * (hi - zh)), 2, scale)
+            assert p.out != "bits" or spec == _qspec(p.spec)
+        elif p.out == "bits":  # one zero point (repeated per channel) so the levels stay on one grid
             spec = _qspec(p.spec)
             zero = np.full(npar, rng.integers(-2, 3), F32)
             lo, hi = float(spec.lo + zero[0]), float(spec.hi + zero[0])
@@ -924,7 +962,7 @@ def quant_case(p: QuantCase) -> Case:
                               zero=zero if npar > 1 else zero.reshape(()), clamp=(lo, hi), rounding=p.rounding,
                               out=p.out)
         v = ((x / scale).astype(F32) + zero).astype(F32)
-        q = decimal_round(np.clip(v, lo, hi), p.rounding) - zero
+        q = (decimal_round(np.clip(v, lo, hi), p.rounding) - zero) * spec.step
     elif p.mode == "sign":
         x = rng.standard_normal(xs).astype(F32)
         x[rng.random(xs) < 0.2] = 0.0
@@ -936,6 +974,14 @@ def quant_case(p: QuantCase) -> Case:
         else:
             attrs = QuantizeAttrs("sign", BIPOLAR, out=p.out)
         q = np.where(x >= 0, 1.0, -1.0)  # -0.0 and +0.0 are +1; a positive scale keeps the sign
+    elif p.mode == "ternary":  # ONNX Sign: both zeros are 0, the smallest subnormals are not
+        x = rng.standard_normal(xs).astype(F32)
+        x[rng.random(xs) < 0.2] = 0.0
+        x[rng.random(xs) < 0.1] = -0.0
+        tiny = rng.random(xs) < 0.05
+        x[tiny] = np.where(rng.random(xs) < 0.5, 1, -1)[tiny] * np.float32(1e-45)
+        attrs = QuantizeAttrs("ternary", GRIDS["t"], out=p.out)
+        q = np.where(x > 0, 1.0, np.where(x < 0, -1.0, 0.0))
     else:
         spec = _qspec(p.spec)
         steps = spec.levels - 1
@@ -1052,7 +1098,7 @@ class EwCase:
     rank2: bool = False
     rounding: str = "ROUND"
     last: str = "sign"  # sign | bipolar
-    nan: bool = False  # NaN inputs through max/min/sign/bipolar (no rounding: NaN has no integer)
+    nan: bool = False  # NaN inputs through abs/max/min/sign/bipolar (no rounding: NaN has no integer)
 
     def __str__(self) -> str:
         s = f"c{self.c}-{'per_channel' if self.per_channel else 'scalar'}-{self.rounding}-{self.last}"
@@ -1073,10 +1119,10 @@ def ew_steps(p: EwCase, rng) -> list[EwStep]:
     def k(lo, hi):
         return rng.uniform(lo, hi, c).astype(F32) if p.per_channel else np.array(rng.uniform(lo, hi), F32)
     if p.nan:
-        return [EwStep("max", k(-1, 0)), EwStep("add", k(-1, 1)), EwStep("min", k(0.5, 2)), EwStep("mul", k(0.5, 2)),
-                EwStep(p.last)]
+        return [EwStep("abs"), EwStep("max", k(-1, 0)), EwStep("add", k(-1, 1)), EwStep("min", k(0.5, 2)),
+                EwStep("mul", k(0.5, 2)), EwStep(p.last)]
     return [EwStep("add", k(-1, 1)), EwStep("mul", k(0.5, 4)), EwStep("round", mode=p.rounding), EwStep("sub", k(-1, 1)),
-            EwStep("rsub", k(-2, 2)), EwStep("div", k(1, 3)), EwStep("max", k(-1, 0)), EwStep("min", k(0.5, 2)),
+            EwStep("abs"), EwStep("rsub", k(-2, 2)), EwStep("div", k(1, 3)), EwStep("max", k(-1, 0)), EwStep("min", k(0.5, 2)),
             EwStep("rdiv", k(1, 2)), EwStep("mul", np.array(-0.5, F32)), EwStep("mul", k(1, 4)),
             EwStep("round", mode="HALF_DOWN" if p.rounding == "ROUND" else "ROUND"), EwStep(p.last)]
 
@@ -1102,7 +1148,7 @@ def ew_case(p: EwCase) -> Case:
 def test_ew_chain(p):
     case = ew_case(p)
     check(case)
-    if p.nan:  # NaN kept by max/min and sign, -1 from bipolar: the oracle says so too
+    if p.nan:  # NaN kept by abs, max/min and sign, -1 from bipolar: the oracle says so too
         g = planned(case)
         y = interp.run(g, {"x": case.x})[g.outputs[0]].transpose(TO_NHWC)
         nan = np.isnan(case.x.transpose(TO_NHWC))
@@ -1148,14 +1194,104 @@ def test_ew_round(mode):
     _bitwise(case, mode)
 
 
-@pytest.mark.xfail(strict=True, reason="qcc_signf(-0.0) is -0.0 in qcc_rt.h, np.sign(-0.0) is +0.0: the sign step "
-                                       "and UP/HALF_UP/HALF_DOWN rounding of -0.0 give a zero of the other sign")
-@pytest.mark.parametrize("step", ["sign", "UP", "HALF_UP", "HALF_DOWN"])
+@pytest.mark.parametrize("step", ["abs", "bipolar", "ROUND", "CEIL", "FLOOR", "DOWN", "sign", "UP", "HALF_UP", "HALF_DOWN"])
 def test_ew_negative_zero(step):
-    """-0.0 through the steps that use the sign of their input (numpy: np.sign(-0.0) == +0.0)."""
+    """-0.0 (and +-0.3, whose rounding may give -0.0) through the steps, C = oracle bit for bit."""
     x = np.array([-0.0, 0.0, -0.3, 0.3], F32).reshape(1, 4, 1, 1)
-    s = EwStep("sign") if step == "sign" else EwStep("round", mode=step)
+    s = EwStep(step) if step in ("abs", "bipolar", "sign") else EwStep("round", mode=step)
     _bitwise(Case(Chain(x.shape).nhwc().ew(s).nchw(), x), step)
+
+
+@pytest.mark.parametrize("which", ["add_scalar", "mul_scalar", "sub_channel", "mul_channel"])
+def test_negative_zero_constants(which):
+    """Constants equal to -0.0 keep their sign in the C source (x + -0.0 keeps -0.0, x * -0.0 flips signs)."""
+    x = np.array([-0.0, 0.0, -0.3, 0.3, 1.0], F32).reshape(1, 5, 1, 1)
+    op, kind = which.split("_")
+    k = np.array(-0.0, F32) if kind == "scalar" else np.array([-0.0, 0.0, -0.0, 1.0, -0.0], F32)
+    _bitwise(Case(Chain(x.shape).nhwc().ew(EwStep(op, k)).nchw(), x), which)
+
+
+# ============================================================ two-operand ew, mean, concat
+
+@dataclass(frozen=True)
+class Ew2Case:
+    op: str  # add | sub | mul | div
+    c: int
+    hw: tuple[int, int] = (3, 4)
+    n: int = 1
+    rank2: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.op}-c{self.c}" + ("-rank2" if self.rank2 else f"-{self.hw[0]}x{self.hw[1]}") + \
+            (f"-n{self.n}" if self.n != 1 else "")
+
+
+EW2_CASES = [Ew2Case("add", 5), Ew2Case("sub", 65, (2, 3), n=2), Ew2Case("mul", 1, (5, 5)),
+             Ew2Case("div", 64, (1, 1), n=3), Ew2Case("div", 10, rank2=True, n=2), Ew2Case("sub", 7, rank2=True)]
+
+
+def ew2_case(p: Ew2Case) -> Case:
+    """Two branches of the input, one reduced to a per-sample mean, combined three ways:
+    ``a op b`` (equal shapes), ``mean op y`` (a broadcast) and ``y op mean`` (b broadcast).
+    Inputs are multiples of 1/8 so the mean's float32 sum is exact and every result is one
+    correctly rounded float op: comparisons are exact."""
+    rng = np.random.default_rng(zlib.crc32(str(p).encode()))
+    shape = (p.n, p.c) if p.rank2 else (p.n, p.c, *p.hw)
+    x = (rng.integers(-64, 65, shape) / 8).astype(F32)
+    chain = Chain(shape, "NC") if p.rank2 else Chain(shape).nhwc()
+    src = chain.cur
+    xv = x if p.rank2 else x.transpose(TO_NHWC)
+    k = rng.uniform(0.5, 2, p.c).astype(F32)
+    a = chain.ew(EwStep("mul", k), EwStep("add", np.array(0.375, F32))).cur
+    av = ((xv * k).astype(F32) + F32(0.375)).astype(F32)
+    b = chain.at(src).ew(EwStep("abs"), EwStep("add", np.array(0.5, F32))).cur  # >= 0.5: a safe divisor
+    bv = (np.abs(xv) + F32(0.5)).astype(F32)
+    m = chain.at(b).mean().cur
+    mv = bv.astype(np.float64).reshape(p.n, -1).mean(axis=1).astype(F32).reshape((p.n,) + (1,) * (len(shape) - 1))
+    fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[p.op]
+    y1 = chain.ew2(a, b, p.op).cur
+    y1v = fn(av, bv).astype(F32)
+    y2 = chain.ew2(m, y1, p.op).cur
+    y3 = chain.ew2(y2, m, p.op).cur
+    y2v = fn(mv, y1v).astype(F32)
+    expect = {a: av, b: bv, m: mv, y1: y1v, y2: y2v, y3: fn(y2v, mv).astype(F32)}
+    if not p.rank2:
+        chain.nchw()
+    return Case(chain, x, expect=expect)
+
+
+@pytest.mark.parametrize("p", EW2_CASES, ids=str)
+def test_ew2_mean(p):
+    check(ew2_case(p))
+
+
+CONCAT_CASES = [(65, 3, (3, 4), 1), (1, 64, (2, 2), 2), (100, 130, (1, 1), 1)]
+
+
+def concat_case(p) -> Case:
+    """Channel concatenation of four computed tensors (the input, a 1x1 conv of it, the conv
+    again, an ew of the input) at offsets that straddle 64-channel boundaries."""
+    c, co, hw, n = p
+    rng = np.random.default_rng(c * 1000 + co)
+    x = rng.standard_normal((n, c, *hw)).astype(F32)
+    chain = Chain(x.shape).nhwc()
+    src = chain.cur
+    w = rng.integers(-3, 4, (co, 1, 1, c)).astype(F32)
+    conv = chain.layer(LayerAttrs(ConvAttrs((1, 1)), w)).cur
+    e = chain.at(src).ew(EwStep("mul", np.array(-2.0, F32))).cur
+    parts = [conv, src, conv, e]
+    chain.concat(parts)
+    name = chain.cur
+    chain.nchw()
+    xv = x.transpose(TO_NHWC)
+    cv = np.einsum("nhwc,oc->nhwo", xv.astype(np.float64), w[:, 0, 0, :].astype(np.float64)).astype(F32)
+    want = np.concatenate([cv, xv, cv, (xv * F32(-2)).astype(F32)], axis=-1)
+    return Case(chain, x, expect={name: want}, rtol=1e-6, atol=1e-5, expect_rtol=1e-6, expect_atol=1e-5)
+
+
+@pytest.mark.parametrize("p", CONCAT_CASES, ids=lambda p: f"c{p[0]}-co{p[1]}-{p[2][0]}x{p[2][1]}-n{p[3]}")
+def test_concat(p):
+    check(concat_case(p))
 
 
 # ================================================================================== softmax
@@ -1203,7 +1339,8 @@ def test_transpose_output_nhwc():
 
 SUITES = [(layer_case, BGEMM_CASES), (layer_case, PGEMM_CASES), (layer_case, ICONV_CASES), (layer_case, FCONV_CASES),
           (pool_case, POOL_CASES), (quant_case, QUANT_CASES), (unpack_case, UNPACK_CASES), (ew_case, EW_CASES),
-          (softmax_case, SOFTMAX_CASES), (transpose_case, TRANSPOSE_CASES)]
+          (ew2_case, EW2_CASES), (concat_case, CONCAT_CASES), (softmax_case, SOFTMAX_CASES),
+          (transpose_case, TRANSPOSE_CASES)]
 
 # What each suite must exercise: every case of a layer suite runs that suite's kernel family.
 SUITE_FAMILY = {id(BGEMM_CASES): "bgemm", id(PGEMM_CASES): "pgemm", id(ICONV_CASES): "iconv", id(FCONV_CASES): "fconv"}
@@ -1245,7 +1382,7 @@ EW_ALL = KernelSpec("ew", "f32_all", params=(
     ("source", "every step"),
     ("steps", tuple(EwStep(op, np.arange(3, dtype=F32) + 1 if i % 2 else np.array(1.5, F32))
                     for i, op in enumerate(("add", "sub", "rsub", "mul", "div", "rdiv", "max", "min")))
-     + (EwStep("sign"), EwStep("bipolar")) + tuple(EwStep("round", mode=m) for m in render_mod.ROUNDING))))
+     + (EwStep("sign"), EwStep("bipolar"), EwStep("abs")) + tuple(EwStep("round", mode=m) for m in render_mod.ROUNDING))))
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")

@@ -66,7 +66,6 @@ KERNELS: tuple[KernelSpec, ...] = (
     _k("mean", "f32"),
     _k("concat", "f32"),
 )
-BY_NAME = {k.name: k for k in KERNELS}
 
 
 def find(family: str, operands: str, isa: str = "scalar") -> KernelSpec:

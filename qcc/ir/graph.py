@@ -139,28 +139,3 @@ class Graph:
             name = f"{base}_{i}"
         taken.add(name)
         return name
-
-
-def toposort(nodes: Iterable[Node], available: Iterable[str]) -> tuple[Node, ...]:
-    """Order ``nodes`` so that every input is produced before use (stable where possible).
-
-    Raises ValueError naming a node whose inputs can never become available (a cycle or
-    a dangling input).
-    """
-    pending = list(nodes)
-    ready = set(available)
-    ordered: list[Node] = []
-    while pending:
-        rest = []
-        for n in pending:
-            if all((not i) or i in ready for i in n.inputs):
-                ordered.append(n)
-                ready.update(n.outputs)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            n = rest[0]
-            missing = [i for i in n.inputs if i and i not in ready]
-            raise ValueError(f"{n.name or n.op}: input(s) {missing} are never produced (cycle or dangling input)")
-        pending = rest
-    return tuple(ordered)

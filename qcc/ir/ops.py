@@ -20,10 +20,6 @@ import numpy as np
 from qcc.ir.quant import QuantSpec
 
 
-def _arr(x, dtype=np.float32) -> np.ndarray:
-    return np.asarray(x, dtype=dtype)
-
-
 @dataclass(frozen=True)
 class ConvAttrs:
     kernel: tuple[int, int]
@@ -311,5 +307,3 @@ class BatchNormAttrs:
         b = (self.bias - self.mean * a).astype(np.float32)
         return a, b
 
-
-__all__ = [n for n in dir() if n.endswith("Attrs") or n == "EwStep"] + ["_arr"]

@@ -82,9 +82,6 @@ class _Lowering:
         self.nodes.append(Node(op, tuple(inputs), (out,), attrs, name))
         return out
 
-    def t(self, name: str) -> Tensor:
-        return self.tensors[self.phys[name]]
-
     def to_nhwc(self, name: str, t: Tensor, node_name: str) -> str:
         n, c, h, w = t.shape
         out = self.new(name + "__nhwc", (n, h, w, c), layout="NHWC")
@@ -351,7 +348,6 @@ _QUANT_STEPS = {
 
 def _binary(low: _Lowering, n: Node) -> None:
     """Two computed operands: ``ew2``, one of them possibly one value per sample."""
-    g = low.g
     a, b = (low.values(i, n.name) for i in n.inputs)
     sa, sb = low.tensors[a].shape, low.tensors[b].shape
     bcast = "none" if sa == sb else ("a" if all(d == 1 for d in sa[1:]) else "b")

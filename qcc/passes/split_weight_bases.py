@@ -15,7 +15,6 @@ importer normalizes them) are rewritten; anything else is left alone.
 """
 from __future__ import annotations
 
-
 from qcc.ir.graph import Graph, Node
 from qcc.passes.base import QUANTIZERS, PassResult, result
 

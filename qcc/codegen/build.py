@@ -22,20 +22,51 @@ from qcc.errors import QccError
 CFLAGS = ["-O2", "-std=c99", "-ffp-contract=off", "-fno-strict-aliasing"]
 
 
+def host_isa() -> str:
+    """The best kernel ISA this machine runs: ``avx2`` on x86 with AVX2, else ``scalar``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return "scalar"
+    return "avx2" if " avx2" in flags and " popcnt" in flags else "scalar"
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("QCC_CACHE_DIR") or Path.home() / ".cache" / "qcc")
 
 
-def build(sources: Sources, name: str, extra_cflags: tuple[str, ...] = ()):
-    """Compile and load the model; returns the cffi ``(ffi, lib)`` pair."""
+PROFILE_HARNESS = """
+#include <time.h>
+#define QCC_PROFILE_CALLS 4096
+static double {name}_profile_ns[QCC_PROFILE_CALLS];
+static struct timespec {name}_profile_t0;
+void {name}_profile_mark(int call, int end) {{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    if (!end) {{ {name}_profile_t0 = t; return; }}
+    if (call < QCC_PROFILE_CALLS)
+        {name}_profile_ns[call] += (t.tv_sec - {name}_profile_t0.tv_sec) * 1e9 + (t.tv_nsec - {name}_profile_t0.tv_nsec);
+}}
+void {name}_profile_read(double *out, int n) {{
+    for (int i = 0; i < n && i < QCC_PROFILE_CALLS; i++) {{ out[i] = {name}_profile_ns[i]; {name}_profile_ns[i] = 0; }}
+}}
+"""
+
+
+def build(sources: Sources, name: str, extra_cflags: tuple[str, ...] = (), profile: bool = False):
+    """Compile and load the model; returns the cffi ``(ffi, lib)`` pair. With ``profile``, the
+    library also has ``<name>_profile_read(double *ns, int n)`` (nanoseconds per kernel call
+    since the last read, for a source rendered with ``profile=True``)."""
     flags = CFLAGS + list(extra_cflags)
     rt = (RUNTIME_DIR / "qcc_rt.h").read_text()
-    key = hashlib.sha256("\0".join([qcc.__version__, sources.c, sources.h, rt, " ".join(flags), name]).encode()).hexdigest()[:24]
+    key = hashlib.sha256("\0".join([qcc.__version__, sources.c, sources.h, rt, " ".join(flags), name,
+                                     str(profile)]).encode()).hexdigest()[:24]
     module = f"_qcc_{name}_{key}"
     final = cache_dir() / key
     so = next(final.glob(f"{module}*.so"), None) if final.exists() else None
     if so is None:
-        so = _compile(sources, name, module, flags, final)
+        so = _compile(sources, name, module, flags, final, profile)
     spec = importlib.util.spec_from_file_location(module, so)
     mod = sys.modules.get(module) or importlib.util.module_from_spec(spec)
     if module not in sys.modules:
@@ -44,7 +75,7 @@ def build(sources: Sources, name: str, extra_cflags: tuple[str, ...] = ()):
     return mod.ffi, mod.lib
 
 
-def _compile(sources: Sources, name: str, module: str, flags: list[str], final: Path) -> Path:
+def _compile(sources: Sources, name: str, module: str, flags: list[str], final: Path, profile: bool) -> Path:
     import cffi
 
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +86,11 @@ def _compile(sources: Sources, name: str, module: str, flags: list[str], final: 
         shutil.copy(RUNTIME_DIR / "qcc_rt.h", tmp / "qcc_rt.h")
         ffi = cffi.FFI()
         ffi.cdef(f"int {name}_run(const float *input, float *output, void *arena);")
-        ffi.set_source(module, f'#include "{name}.h"', sources=[str(tmp / f"{name}.c")],
+        harness = f'#include "{name}.h"\n'
+        if profile:
+            ffi.cdef(f"void {name}_profile_read(double *out, int n);")
+            harness += PROFILE_HARNESS.format(name=name)
+        ffi.set_source(module, harness, sources=[str(tmp / f"{name}.c")],
                        include_dirs=[str(tmp)], extra_compile_args=flags)
         try:
             ffi.compile(tmpdir=str(tmp), verbose=False)

@@ -69,8 +69,9 @@ KERNELS: tuple[KernelSpec, ...] = (
 
 
 def find(family: str, operands: str, isa: str = "scalar") -> KernelSpec:
-    """The declared variant for (family, operands, isa)."""
-    for k in KERNELS:
-        if (k.family, k.operands, k.isa) == (family, operands, isa):
-            return k
-    raise KeyError(f"no kernel variant {family}/{operands}/{isa}")
+    """The declared variant for (family, operands, isa), or the scalar one if that ISA has none."""
+    for want in dict.fromkeys((isa, "scalar")):
+        for k in KERNELS:
+            if (k.family, k.operands, k.isa) == (family, operands, want):
+                return k
+    raise KeyError(f"no kernel variant {family}/{operands}")

@@ -62,6 +62,7 @@ class Unit:
     """Everything model.c needs, gathered from the graph."""
 
     name: str
+    isa: str = "scalar"
     arrays: list[Array] = field(default_factory=list)
     structs: list[str] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
@@ -81,6 +82,10 @@ class Unit:
     def use(self, spec: KernelSpec) -> str:
         self.kernels[spec.name] = spec
         return spec.name
+
+    def kernel(self, key: tuple[str, str]) -> str:
+        """The variant of (family, operands) for this unit's ISA, else the scalar one."""
+        return self.use(find(*key, isa=self.isa))
 
 
 def c_ident(s: str) -> str:
@@ -121,7 +126,7 @@ def _transpose(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     x, y = p.g.tensors[n.inputs[0]], p.g.tensors[n.outputs[0]]
     to_nhwc = n.attrs.perm == (0, 2, 3, 1)
     nb, c, h, w = x.shape if to_nhwc else y.shape
-    fn = u.use(find("transpose", "nchw2nhwc_f32" if to_nhwc else "nhwc2nchw_f32"))
+    fn = u.kernel(("transpose", "nchw2nhwc_f32" if to_nhwc else "nhwc2nchw_f32"))
     return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {nb}, {c}, {h}, {w});"]
 
 
@@ -130,7 +135,7 @@ def _quantize(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     x = p.g.tensors[n.inputs[0]]
     c = x.shape[-1]
     mode = {"round": "round", "sign": "sign", "ternary": "ternary", "thresholds": "thr"}[a.mode]
-    fn = u.use(find("quantize", f"{mode}_{a.out}"))
+    fn = u.kernel(("quantize", f"{mode}_{a.out}"))
     pre = f"L{i}"
     s_, z_ = (np.asarray(v if v is not None else d, np.float32).reshape(-1) for v, d in ((a.scale, 1.0), (a.zero, 0.0)))
     nparam = max(s_.size, z_.size)  # one value each, or one per channel
@@ -190,14 +195,14 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
             raise QccError(f"kernel {kh}x{kw} is larger than the bit-plane kernels support ({MAX_TAPS} taps)", node=n.name)
         scratch_off, _ = p.g.meta["scratch"][i]
         col = f"(uint64_t *)(A + {scratch_off})"
-        im2col = u.use(find("im2col", "b64"))
+        im2col = u.kernel(("im2col", "b64"))
         codes = a.w_spec.to_code(a.weight)  # (co, kh, kw, ci)
         if a.x_spec.bipolar and a.w_spec.bipolar:
             wt = u.array(f"{pre}_weight", "uint64_t", pack_bits(codes.astype(np.uint8)),
                          f"packed bipolar weights [{co}][{kh}][{kw}][{words(cig)}]")
             wp = u.array(f"{pre}_wpop", "uint16_t", codes.sum(axis=3).reshape(co, kh * kw),
                          "+1 weights per tap, for the padding correction")
-            gemm = u.use(find("bgemm", f"pm1xpm1_{a.out}"))
+            gemm = u.kernel(("bgemm", f"pm1xpm1_{a.out}"))
             return [f"{im2col}({p(n.inputs[0], True)}, {col}, &{geom});",
                     f"{gemm}({col}, {wt}, {wp}, &{geom}, {out}, {yp});"]
         wplanes = a.w_spec.bits
@@ -206,16 +211,16 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         cwtap = codes.sum(axis=3).reshape(co, kh * kw)
         cws = u.array(f"{pre}_cwsum", "int32_t", cwtap.sum(axis=1), "sum of weight codes per output channel")
         cwt = u.array(f"{pre}_cwtap", "int32_t", cwtap, "sum of weight codes per tap, for the padding correction")
-        gemm = u.use(find("pgemm", f"planes_{a.out}"))
+        gemm = u.kernel(("pgemm", f"planes_{a.out}"))
         xs, ws = a.x_spec, a.w_spec
         return [f"{im2col}({p(n.inputs[0], True)}, {col}, &{geom});",
                 f"{gemm}({col}, {wt}, {cws}, {cwt}, {xs.lo}, {xs.step}, {ws.lo}, {ws.step}, {wplanes}, &{geom}, {out}, {yp});"]
     if x.dtype == "i16":
         wt = u.array(f"{pre}_weight", "int16_t", a.weight, f"weight levels [{co}][{kh}][{kw}][{cig}]")
-        fn = u.use(find("iconv", f"i16_{a.out}"))
+        fn = u.kernel(("iconv", f"i16_{a.out}"))
         return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {out}, {yp});"]
     wt = u.array(f"{pre}_weight", "float", a.weight, f"weights [{co}][{kh}][{kw}][{cig}]")
-    fn = u.use(find("fconv", "f32_f32"))
+    fn = u.kernel(("fconv", "f32_f32"))
     return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {out}, {yp});"]
 
 
@@ -224,7 +229,7 @@ def _pool(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     x, y = p.g.tensors[n.inputs[0]], p.g.tensors[n.outputs[0]]
     planes = a.levels.bits if x.dtype == "bits" else 1
     storage = ("bits" if planes == 1 else "planes") if x.dtype == "bits" else x.dtype
-    fn = u.use(find("pool", f"{a.kind}_{storage}"))
+    fn = u.kernel(("pool", f"{a.kind}_{storage}"))
     nb, h, w, c = x.shape
     _, oh, ow, _ = y.shape
     name = f"L{i}_geom"
@@ -238,7 +243,7 @@ def _unpack(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     a = n.attrs
     x = p.g.tensors[n.inputs[0]]
     scale = u.array(f"L{i}_scale", "float", a.spec.channel_scale(a.channels)) if a.out == "f32" else "NULL"
-    fn = u.use(find("unpack", f"{x.dtype}_{a.out}"))
+    fn = u.kernel(("unpack", f"{x.dtype}_{a.out}"))
     return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {_rows(x.shape)}, {a.channels}, {a.spec.bits}, "
             f"{a.spec.lo}, {a.spec.step}, {scale});"]
 
@@ -256,25 +261,25 @@ def _ew(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
 
 def _softmax(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     x = p.g.tensors[n.inputs[0]]
-    fn = u.use(find("softmax", "f32"))
+    fn = u.kernel(("softmax", "f32"))
     return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {_rows(x.shape)}, {x.shape[-1]});"]
 
 
 def _ew2(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     y = p.g.tensors[n.outputs[0]]
-    fn = u.use(find("ew2", f"{n.attrs.op}_{n.attrs.bcast}_f32"))
+    fn = u.kernel(("ew2", f"{n.attrs.op}_{n.attrs.bcast}_f32"))
     return [f"{fn}({p(n.inputs[0], True)}, {p(n.inputs[1], True)}, {p(n.outputs[0])}, {y.shape[0]}, {y.size // y.shape[0]});"]
 
 
 def _mean(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     x = p.g.tensors[n.inputs[0]]
-    fn = u.use(find("mean", "f32"))
+    fn = u.kernel(("mean", "f32"))
     return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {x.shape[0]}, {x.size // x.shape[0]});"]
 
 
 def _concat(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     y = p.g.tensors[n.outputs[0]]
-    fn = u.use(find("concat", "f32"))
+    fn = u.kernel(("concat", "f32"))
     return [f"{fn}({p(x, True)}, {p(n.outputs[0])}, {_rows(y.shape)}, {p.g.tensors[x].shape[-1]}, {y.shape[-1]}, {off});"
             for x, off in zip(n.inputs, n.attrs.offsets)]
 
@@ -301,11 +306,16 @@ class Sources:
     h: str
 
 
-def render(graph: Graph, name: str = "model", source: str = "") -> Sources:
-    """C sources of the lowered, memory-planned ``graph``; every public symbol starts with ``name``."""
+def render(graph: Graph, name: str = "model", source: str = "", isa: str = "scalar",
+           profile: bool = False) -> Sources:
+    """C sources of the lowered, memory-planned ``graph``; every public symbol starts with ``name``.
+
+    ``isa`` picks kernel variants (scalar where a family has none for it). ``profile``
+    brackets every kernel call with ``<name>_profile_mark(call, 0/1)``, which the host
+    build defines (:mod:`qcc.codegen.build`)."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise QccError(f"--name '{name}' is not a C identifier")
-    u = Unit(name)
+    u = Unit(name, isa)
     ptr = _Ptr(graph)
     for i, n in enumerate(graph.nodes):
         if n.op == "reshape":
@@ -326,5 +336,5 @@ def render(graph: Graph, name: str = "model", source: str = "") -> Sources:
                inputs=[(n_, t.shape, t.size, ptr.in_off[n_]) for n_, t in inputs],
                outputs=[(list(onames)[k] if k < len(onames) else o, graph.tensors[o].shape, size, off_, src)
                         for k, (o, off_, size, src) in enumerate(outputs)],
-               input_size=sum(t.size for _, t in inputs), output_size=off, c_ident=c_ident)
+               input_size=sum(t.size for _, t in inputs), output_size=off, c_ident=c_ident, profile=profile, isa=isa)
     return Sources(env.get_template("model.c.j2").render(**ctx), env.get_template("model.h.j2").render(**ctx))

@@ -1347,7 +1347,7 @@ SUITE_FAMILY = {id(BGEMM_CASES): "bgemm", id(PGEMM_CASES): "pgemm", id(ICONV_CAS
 
 
 def _kernels_of(source: str) -> set[str]:
-    m = re.search(r"^ \* Kernels: (.*?)(?: \*/)?$", source, re.M)
+    m = re.search(r"^ \* Kernels \(\w+\): (.*?)(?: \*/)?$", source, re.M)
     assert m, "rendered model.c lists no kernels"
     return {k.strip() for k in m.group(1).split(",") if k.strip()}
 

@@ -1,4 +1,4 @@
-"""``qcc compile | check | inspect``: a thin layer that parses flags and calls the API.
+"""``qcc compile | check | inspect | bench``: a thin layer that parses flags and calls the API.
 
 Exit codes: 0 ok, 1 check failed, 2 bad input or usage. Errors are one line, never a
 traceback.
@@ -72,6 +72,23 @@ def _inspect(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from qcc import bench
+
+    if args.png:
+        bench.require_matplotlib()  # fail before the long run
+    result = bench.run_bench(args.model, target=args.target, threads=args.threads, runs=args.runs,
+                             warmup=args.warmup, max_seconds=args.max_seconds, rounds=args.rounds,
+                             inputs=args.inputs, seed=args.seed, layers=args.layers, int8=not args.no_int8,
+                             calibration_samples=args.calibration_samples, quiet=args.quiet)
+    print(bench.report(result))
+    if args.json:
+        bench.write_json(result, args.json)
+    if args.png:
+        bench.write_png(result, args.png)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qcc", description="Compile quantized ONNX models of low-bit networks into C.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -96,6 +113,24 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="per-layer table: op, shapes, bits, MACs, bytes, arena")
     i.add_argument("model")
     i.set_defaults(fn=_inspect)
+
+    b = sub.add_parser("bench", help="time qcc against onnxruntime fp32 and int8 twins (ratios, one process)")
+    b.add_argument("model")
+    b.add_argument("--target", default="native")
+    b.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    b.add_argument("--runs", type=int, default=200, help="timed calls per engine (default 200)")
+    b.add_argument("--warmup", type=int, default=10, help="untimed calls per engine first (default 10)")
+    b.add_argument("--max-seconds", type=float, default=10.0, help="time budget per engine (default 10)")
+    b.add_argument("--rounds", type=int, default=5, help="alternating rounds over the engines (default 5)")
+    b.add_argument("--inputs", help=".npz: the first sample of each array (by name, or in order); default random")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--calibration-samples", type=int, default=16, help="inputs calibrating the int8 twin")
+    b.add_argument("--no-int8", action="store_true", help="skip the onnxruntime int8 (QDQ twin) engine")
+    b.add_argument("--layers", action="store_true", help="per-layer times from a profiling build")
+    b.add_argument("--json", help="write every number to this JSON file")
+    b.add_argument("--png", help="write a bar chart (needs matplotlib)")
+    b.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    b.set_defaults(fn=_bench)
     return p
 
 

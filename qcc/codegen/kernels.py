@@ -33,11 +33,11 @@ class KernelSpec:
         return f"{self.family}/{self.isa}.c.j2"
 
     def variables(self) -> dict[str, Any]:
-        return dict(self.params, fn=self.name)
+        return dict(self.params, fn=self.name, mr=self.mr, nr=self.nr)
 
 
-def _k(family: str, operands: str, **params) -> KernelSpec:
-    return KernelSpec(family, operands, params=tuple(sorted(params.items())))
+def _k(family: str, operands: str, isa: str = "scalar", mr: int = 1, nr: int = 1, **params) -> KernelSpec:
+    return KernelSpec(family, operands, isa, mr, nr, params=tuple(sorted(params.items())))
 
 
 OUTS = ("f32", "bits", "i16")
@@ -49,6 +49,7 @@ KERNELS: tuple[KernelSpec, ...] = (
       for mode in ("round", "sign", "ternary", "thr") for out in OUTS),
     _k("im2col", "b64"),
     *(_k("bgemm", f"pm1xpm1_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
+    *(_k("bgemm", f"pm1xpm1_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS) for out in OUTS),
     *(_k("pgemm", f"planes_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
     *(_k("iconv", f"i16_{out}", out=out) for out in OUTS),
     _k("fconv", "f32_f32"),

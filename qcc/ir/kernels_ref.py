@@ -24,11 +24,18 @@ from qcc.ir.ops import ConvAttrs, PoolAttrs
 from qcc.ir.quant import QuantSpec
 
 WORD = 64
+ROW_ALIGN = 4  # im2col rows and packed weight rows are padded with zero words to 4 (256 bits)
 STORAGE = {"f32": F32, "i16": np.int16, "bits": np.uint64}
 
 
 def words(channels: int) -> int:
     return -(-channels // WORD)
+
+
+def row_words(taps: int, planes: int, channels: int) -> int:
+    """Words of one im2col row (and one packed weight row): taps x planes x words, padded."""
+    n = taps * planes * words(channels)
+    return -(-n // ROW_ALIGN) * ROW_ALIGN
 
 
 # ---- packing: the one definition of the bit layout --------------------------------------

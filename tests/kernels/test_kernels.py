@@ -41,7 +41,7 @@ import numpy as np
 import pytest
 
 from qcc.codegen import render as render_mod
-from qcc.codegen.build import build
+from qcc.codegen.build import build, host_isa
 from qcc.codegen.kernels import KERNELS, KernelSpec
 from qcc.codegen.render import RUNTIME_DIR, render
 from qcc.ir import interp
@@ -222,9 +222,9 @@ def storage_shape(t: Tensor) -> tuple[int, ...]:
     return t.shape
 
 
-def run_c(g: Graph, x: np.ndarray, cflags: tuple[str, ...] = ()) -> list[dict[str, np.ndarray]]:
+def run_c(g: Graph, x: np.ndarray, cflags: tuple[str, ...] = (), isa: str = "scalar") -> list[dict[str, np.ndarray]]:
     """Build and run ``g`` once per arena fill; each run's output and arena tensors, raw storage."""
-    ffi, lib = build(render(g, MODEL), MODEL, cflags)
+    ffi, lib = build(render(g, MODEL, isa=isa), MODEL, cflags)
     run = getattr(lib, f"{MODEL}_run")
     size = g.meta["arena_size"]
     (out_name,) = g.outputs
@@ -275,7 +275,7 @@ def _compare(what: str, got: np.ndarray, ref: np.ndarray, t: Tensor, rtol: float
         np.testing.assert_array_equal(got, ref, err_msg=f"{what} (exact)")
 
 
-def check(case: Case, cflags: tuple[str, ...] = ()) -> None:
+def check(case: Case, cflags: tuple[str, ...] = (), isa: str = "scalar") -> None:
     g = planned(case)
     env = interp.run(g, {"x": case.x}, keep_all=True)
     # the oracle itself: storage shapes and dtypes, unused tail bits zero in every plane, and it
@@ -299,7 +299,7 @@ def check(case: Case, cflags: tuple[str, ...] = ()) -> None:
                                        err_msg=f"oracle vs independent maths: {name}")
         else:
             np.testing.assert_array_equal(have, want, err_msg=f"oracle vs independent maths: {name}")
-    runs = run_c(g, case.x, cflags)
+    runs = run_c(g, case.x, cflags, isa)
     first = runs[0]
     for other, fill in zip(runs[1:], FILLS[1:]):
         for name in first:
@@ -632,9 +632,17 @@ BGEMM_CASES = (
 )
 
 
+HOST_ISAS = ["scalar"] + (["avx2"] if host_isa() == "avx2" else [])
+ISAS = {family: sorted({k.isa for k in KERNELS if k.family == family}) for family in {k.family for k in KERNELS}}
+
+
+@pytest.mark.parametrize("isa", ISAS["bgemm"])
 @pytest.mark.parametrize("p", BGEMM_CASES, ids=str)
-def test_bgemm_layer(p):
-    check(layer_case(p))
+def test_bgemm_layer(p, isa):
+    """Every variant of the family (scalar, and the SIMD ones this CPU runs) against the oracle."""
+    if isa not in HOST_ISAS:
+        pytest.skip(f"this CPU does not run {isa}")
+    check(layer_case(p), isa=isa)
 
 
 @pytest.mark.parametrize("xw", [("pm1", "pm1"), ("u2", "t")], ids=lambda xw: "x".join(xw))
@@ -1358,8 +1366,8 @@ def test_every_declared_variant_is_exercised():
     used: set[str] = set()
     for make, cases in SUITES:
         family = SUITE_FAMILY.get(id(cases))
-        for p in cases:
-            ks = _kernels_of(render(planned(make(p)), MODEL).c)
+        for p, isa in [(p, isa) for p in cases for isa in ISAS.get(family, ["scalar"])]:
+            ks = _kernels_of(render(planned(make(p)), MODEL, isa=isa).c)
             if family:
                 assert any(k.startswith(f"qcc_{family}_") for k in ks), f"{p}: runs {sorted(ks)}, not {family}"
                 assert not [k for k in ks if re.match(r"qcc_(bgemm|pgemm|iconv|fconv)_", k)
@@ -1373,7 +1381,8 @@ def test_every_declared_variant_is_exercised():
 def _standalone(spec: KernelSpec) -> str:
     env = render_mod._env()
     body = env.get_template(spec.template).render(**spec.variables())
-    return ('#include "qcc_rt.h"\n' + body +
+    simd = {"avx2": "#include <immintrin.h>\n"}.get(spec.isa, "")
+    return ('#include "qcc_rt.h"\n' + simd + body +
             f"void (*const keep_{spec.name})(void) = (void (*)(void)){spec.name};\n")
 
 

@@ -52,9 +52,8 @@ def _has_subgraph(node: onnx.NodeProto) -> bool:
     return any(a.HasField("g") or len(a.graphs) for a in node.attribute)
 
 
-def _constant_nodes(graph: onnx.GraphProto) -> tuple[list[int], set[str]]:
-    """Indices of the nodes computed only from initializers / Constant nodes, and the set of
-    constant tensor names."""
+def _constant_nodes(graph: onnx.GraphProto) -> list[int]:
+    """Indices of the nodes computed only from initializers and constant nodes."""
     const = {t.name for t in graph.initializer}
     idx = []
     for i, node in enumerate(graph.node):
@@ -65,7 +64,7 @@ def _constant_nodes(graph: onnx.GraphProto) -> tuple[list[int], set[str]]:
         if all(not name or name in const for name in node.input):
             idx.append(i)
             const.update(o for o in node.output if o)
-    return idx, const
+    return idx
 
 
 def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], names: list[str]) -> dict[str, np.ndarray]:
@@ -124,7 +123,7 @@ class _Twin:
         return name
 
     def const_value(self, name: str, node: onnx.NodeProto, what: str) -> np.ndarray:
-        name = self.alias.get(name, name)
+        name = self.resolve(name)
         if name not in self.consts:
             raise QccError(f"float twin: {what} is not a constant", node=node.name or node.output[0], op=node.op_type)
         return self.consts[name]
@@ -152,10 +151,12 @@ class _Twin:
     def convert(self, node: onnx.NodeProto) -> None:
         node_id = node.name or node.output[0]
         if _is_quantizer(node) or (node.op_type in _QDQ_OPS and node.domain in _STANDARD):
-            src = self.resolve(node.input[0])  # an activation quantizer: removed ...
+            # an activation quantizer: removed, but a clamp at zero stays as a ReLU (onnxruntime.quantization
+            # folds ReLUs into the following QuantizeLinear; an unsigned Quant clamps too)
+            src = self.resolve(node.input[0])
             if self.clamps_at_zero(node) and src not in self.nonneg:
                 self.emit(helper.make_node("Relu", [src], [node.output[0]], name=self.fresh(f"{node_id}/Relu")))
-            else:  # ... but its clamp at zero is a ReLU (onnxruntime.quantization fuses ReLUs into it)
+            else:
                 self.alias[node.output[0]] = src
             return
         if node.op_type == "QLinearConv" and node.domain in _STANDARD:
@@ -227,16 +228,26 @@ class _Twin:
 
 
 def float_twin(model) -> onnx.ModelProto:
-    """The float32 network of a quantized model (path, bytes or ModelProto): weight quantizers
-    evaluated into float initializers, activation quantizers removed, QLinear ops as float ops.
-    Runs in plain onnxruntime."""
+    """The float32 network of a quantized model (path, bytes or ModelProto), which plain
+    onnxruntime runs:
+
+    * every node computed only from constants (weight quantizers: QONNX ``Quant``/``BipolarQuant``/...
+      or ``DequantizeLinear`` of integer initializers, and what they feed) is evaluated once (QONNX
+      ops through :func:`qcc.frontend.reference.to_reference`) into float initializers;
+    * activation quantizers (QONNX quantizers, ``QuantizeLinear``, ``DequantizeLinear`` on
+      non-constant data) are removed, except that a quantizer whose lowest level is 0 on an input
+      not already non-negative becomes a ``Relu`` (that clamp is the ReLU onnxruntime.quantization
+      folded away, or the one an unsigned ``Quant`` implies);
+    * ``QLinearConv``/``QLinearMatMul`` become ``Conv``/``MatMul`` on dequantized weights and bias;
+    * initializers are no longer graph inputs, the only opset is the standard one, IR <= 10.
+    """
     src = load_model(model)
     try:
         m = functions.inline(src)
     except Exception as e:
         raise QccError(f"float twin: cannot inline the model's local functions: {str(e).splitlines()[0]}")
     g = m.graph
-    const_idx, const_names = _constant_nodes(g)
+    const_idx = _constant_nodes(g)
     const_set = set(const_idx)
     # constant tensors used by the rest of the graph: evaluate them once into initializers
     used = {name for i, n in enumerate(g.node) if i not in const_set for name in n.input if name}

@@ -1008,9 +1008,12 @@ def quant_case(p: QuantCase) -> Case:
     return Case(chain, np.ascontiguousarray(x.transpose(TO_NCHW)), expect=expect)
 
 
+@pytest.mark.parametrize("isa", ISAS["quantize"])
 @pytest.mark.parametrize("p", QUANT_CASES, ids=str)
-def test_quantize(p):
-    check(quant_case(p))
+def test_quantize(p, isa):
+    if isa not in HOST_ISAS:
+        pytest.skip(f"this CPU does not run {isa}")
+    check(quant_case(p), isa=isa)
 
 
 def test_quantize_round_follows_qonnx_float32_formula():

@@ -217,3 +217,28 @@ def resnet(seed: int = 0, a_bits: int = 2, w_bits: int = 2) -> onnx.ModelProto:
 def network_models() -> dict[str, onnx.ModelProto]:
     return {"CNV w1a1": cnv(PRECISIONS["w1a1"]), "CNV w1a2": cnv(PRECISIONS["w1a2"]),
             "ResNet-8ish w2a2": resnet()}
+
+
+def main(argv=None) -> int:
+    """``python benchmarks/models.py OUT_DIR [--only TEXT]``: save the models as .onnx files
+    (for ``qcc bench OUT_DIR/cnv_w1a1.onnx`` and friends)."""
+    import argparse
+    import os
+    import re
+
+    p = argparse.ArgumentParser(description="write the benchmark models as .onnx files")
+    p.add_argument("out_dir")
+    p.add_argument("--only", help="only models whose name contains this")
+    args = p.parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    for name, m in {**layer_models(), **network_models()}.items():
+        if args.only and args.only.lower() not in name.lower():
+            continue
+        path = os.path.join(args.out_dir, re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") + ".onnx")
+        onnx.save(m, path)
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

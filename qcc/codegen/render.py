@@ -18,7 +18,7 @@ import qcc
 from qcc.codegen.kernels import KERNEL_DIR, MAX_TAPS, KernelSpec, find
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node
-from qcc.ir.kernels_ref import pack_bits, pack_planes, row_words, words
+from qcc.ir.kernels_ref import pack_bits, plane_words, words
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 CTYPES = {"f32": "float", "i16": "int16_t", "bits": "uint64_t"}
@@ -182,10 +182,12 @@ def _transform(u: Unit, pre: str, a) -> str:
     return f"&{pre}_out"
 
 
-def _rows_padded(packed: np.ndarray, stride: int) -> np.ndarray:
-    """(co, ..., words) -> (co, stride): one weight row per output channel, zero padded."""
-    rows = packed.reshape(packed.shape[0], -1)
-    return np.pad(rows, ((0, 0), (0, stride - rows.shape[1])))
+def _weight_rows(codes: np.ndarray, planes: int, ps: int) -> np.ndarray:
+    """Weight codes (co, kh, kw, ci) as im2col-style rows: (co, planes, ps) words, plane-major,
+    each plane's taps x words zero padded to ``ps``."""
+    co = codes.shape[0]
+    segs = [pack_bits(((codes >> q) & 1).astype(np.uint8)).reshape(co, -1) for q in range(planes)]
+    return np.stack([np.pad(sg, ((0, 0), (0, ps - sg.shape[1]))) for sg in segs], axis=1)
 
 
 def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
@@ -202,27 +204,24 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         scratch_off, _ = p.g.meta["scratch"][i]
         col = f"(uint64_t *)(A + {scratch_off})"
         im2col = u.kernel(("im2col", "b64"))
-        stride = row_words(kh * kw, x.quant.bits, cig)
-        im2col_call = f"{im2col}({p(n.inputs[0], True)}, {col}, &{geom}, {stride});"
+        ps = plane_words(kh * kw, cig)
+        im2col_call = f"{im2col}({p(n.inputs[0], True)}, {col}, &{geom}, {ps});"
         codes = a.w_spec.to_code(a.weight)  # (co, kh, kw, ci)
+        wplanes = a.w_spec.bits
+        wt = u.array(f"{pre}_weight", "uint64_t", _weight_rows(codes, wplanes, ps),
+                     f"weight codes: [{co}][{wplanes} planes][{kh}x{kw} taps x {words(cig)} words, padded to {ps}]")
         if a.x_spec.bipolar and a.w_spec.bipolar:
-            wt = u.array(f"{pre}_weight", "uint64_t", _rows_padded(pack_bits(codes.astype(np.uint8)), stride),
-                         f"packed bipolar weights [{co}][{kh}][{kw}][{words(cig)}], rows padded to {stride} words")
             wp = u.array(f"{pre}_wpop", "uint16_t", codes.sum(axis=3).reshape(co, kh * kw),
                          "+1 weights per tap, for the padding correction")
             gemm = u.kernel(("bgemm", f"pm1xpm1_{a.out}"))
-            return [im2col_call, f"{gemm}({col}, {wt}, {wp}, &{geom}, {stride}, {out}, {yp});"]
-        wplanes = a.w_spec.bits
-        wstride = row_words(kh * kw, wplanes, cig)
-        wt = u.array(f"{pre}_weight", "uint64_t", _rows_padded(pack_planes(codes, wplanes), wstride),
-                     f"weight codes as planes [{co}][{kh}][{kw}][{wplanes}][{words(cig)}], rows padded to {wstride} words")
+            return [im2col_call, f"{gemm}({col}, {wt}, {wp}, &{geom}, {ps}, {out}, {yp});"]
         cwtap = codes.sum(axis=3).reshape(co, kh * kw)
         cws = u.array(f"{pre}_cwsum", "int32_t", cwtap.sum(axis=1), "sum of weight codes per output channel")
         cwt = u.array(f"{pre}_cwtap", "int32_t", cwtap, "sum of weight codes per tap, for the padding correction")
         gemm = u.kernel(("pgemm", f"planes_{a.out}"))
         xs, ws = a.x_spec, a.w_spec
         return [im2col_call, f"{gemm}({col}, {wt}, {cws}, {cwt}, {xs.lo}, {xs.step}, {ws.lo}, {ws.step}, {wplanes}, "
-                             f"&{geom}, {stride}, {wstride}, {out}, {yp});"]
+                             f"&{geom}, {ps}, {out}, {yp});"]
     if x.dtype == "i16":
         wt = u.array(f"{pre}_weight", "int16_t", a.weight, f"weight levels [{co}][{kh}][{kw}][{cig}]")
         fn = u.kernel(("iconv", f"i16_{a.out}"))

@@ -24,7 +24,7 @@ from qcc.ir.ops import ConvAttrs, PoolAttrs
 from qcc.ir.quant import QuantSpec
 
 WORD = 64
-ROW_ALIGN = 4  # im2col rows and packed weight rows are padded with zero words to 4 (256 bits)
+ROW_ALIGN = 4  # each plane's segment of an im2col or weight row is padded with zero words to 4 (256 bits)
 STORAGE = {"f32": F32, "i16": np.int16, "bits": np.uint64}
 
 
@@ -32,9 +32,12 @@ def words(channels: int) -> int:
     return -(-channels // WORD)
 
 
-def row_words(taps: int, planes: int, channels: int) -> int:
-    """Words of one im2col row (and one packed weight row): taps x planes x words, padded."""
-    n = taps * planes * words(channels)
+def plane_words(taps: int, channels: int) -> int:
+    """Words of one plane's segment of an im2col (or packed weight) row: taps x words, padded.
+
+    Rows are plane-major: plane p of tap t starts at word p * plane_words + t * words(C), so
+    each plane is one contiguous stream for the popcount kernels."""
+    n = taps * words(channels)
     return -(-n // ROW_ALIGN) * ROW_ALIGN
 
 
@@ -224,5 +227,5 @@ def to_values(t: Tensor, x: np.ndarray) -> np.ndarray:
     return _nchw(v) if t.layout == "NHWC" else v
 
 
-__all__ = ["ConvAttrs", "OPS", "levels", "pack_bits", "pack_planes", "pm1", "store", "to_values",
+__all__ = ["ConvAttrs", "OPS", "levels", "pack_bits", "pack_planes", "plane_words", "pm1", "store", "to_values",
            "unpack_bits", "unpack_planes", "words"]

@@ -10,7 +10,7 @@ offset), ``["scratch"]`` (node index -> (offset, bytes)) and ``["arena_size"]``.
 from __future__ import annotations
 
 from qcc.ir.graph import Graph, Tensor
-from qcc.ir.kernels_ref import row_words, words
+from qcc.ir.kernels_ref import plane_words, words
 from qcc.passes.base import PassResult
 
 ALIGN = 64
@@ -26,13 +26,13 @@ def nbytes(t: Tensor) -> int:
 
 
 def scratch_bytes(graph: Graph, node) -> int:
-    """im2col rows of packed words for a layer reading bits: (N*OH*OW) x row_words(...)."""
+    """im2col rows of packed words for a layer reading bits: (N*OH*OW) x planes x plane_words."""
     x = graph.tensors[node.inputs[0]]
     if node.op != "layer" or x.dtype != "bits":
         return 0
     out = graph.tensors[node.outputs[0]].shape
     kh, kw = node.attrs.conv.kernel
-    return 8 * out[0] * out[1] * out[2] * row_words(kh * kw, x.quant.bits, node.attrs.in_channels)
+    return 8 * out[0] * out[1] * out[2] * x.quant.bits * plane_words(kh * kw, node.attrs.in_channels)
 
 
 def _align(n: int) -> int:

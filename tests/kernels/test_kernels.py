@@ -690,9 +690,12 @@ PGEMM_CASES = (
 )
 
 
+@pytest.mark.parametrize("isa", ISAS["pgemm"])
 @pytest.mark.parametrize("p", PGEMM_CASES, ids=str)
-def test_pgemm_layer(p):
-    check(layer_case(p))
+def test_pgemm_layer(p, isa):
+    if isa not in HOST_ISAS:
+        pytest.skip(f"this CPU does not run {isa}")
+    check(layer_case(p), isa=isa)
 
 
 # -------------------------------------------------------------- int16-level layer (iconv)

@@ -1,7 +1,7 @@
 """Run ``qcc bench`` (in-process, through :mod:`qcc.bench`) on every benchmark model and write
 ``benchmarks/results.md`` (and ``results.json`` with every number).
 
-    python benchmarks/run.py            # full: every model, 200 timed calls per engine (~10-15 min)
+    python benchmarks/run.py            # full: every model, up to 500 timed calls per engine (~3-10 min)
     python benchmarks/run.py --quick    # a subset with few calls (~1-2 min): a smoke run
     python benchmarks/run.py --only CNV # models whose name contains a string
 """
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
-    runs, warmup, max_seconds = (20, 3, 1.0) if args.quick else (200, 10, 3.0)
+    runs, warmup, max_seconds = (20, 3, 1.0) if args.quick else (500, 20, 5.0)
     chosen = select(args.quick, args.only)
     if not chosen:
         print("no model matches", file=sys.stderr)

@@ -54,6 +54,7 @@ KERNELS: tuple[KernelSpec, ...] = (
     *(_k("pgemm", f"planes_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
     *(_k("pgemm", f"planes_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS) for out in OUTS),
     *(_k("iconv", f"i16_{out}", out=out) for out in OUTS),
+    *(_k("iconv", f"i16_{out}", "avx2", nr=4, out=out) for out in OUTS),
     _k("fconv", "f32_f32"),
     _k("pool", "max_bits", kind="max", storage="bits"),
     _k("pool", "max_planes", kind="max", storage="planes"),

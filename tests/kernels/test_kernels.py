@@ -718,9 +718,12 @@ ICONV_CASES = [
 ]
 
 
+@pytest.mark.parametrize("isa", ISAS["iconv"])
 @pytest.mark.parametrize("p", ICONV_CASES, ids=str)
-def test_iconv_layer(p):
-    check(layer_case(p))
+def test_iconv_layer(p, isa):
+    if isa not in HOST_ISAS:
+        pytest.skip(f"this CPU does not run {isa}")
+    check(layer_case(p), isa=isa)
 
 
 # ----------------------------------------------------------------- float layer (fconv)

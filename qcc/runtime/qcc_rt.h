@@ -31,11 +31,16 @@ typedef struct {         /* values: (float)(acc + off[co]) * mul[co] + bias[co];
     const int32_t *off;  /* integer accumulator offset (removed constant channels) */
 } qcc_affine;
 
+/* #{j : sign * acc >= thr[co][j]}: thresholds ascend, so a binary search (8 steps for 8 bits). */
 static inline int32_t qcc_threshold_count(const qcc_thresholds *t, int32_t co, int32_t acc) {
     const int32_t s = t->sign[co] * acc, *thr = t->thr + (size_t)co * t->nthr;
-    int32_t cnt = 0;
-    for (int32_t j = 0; j < t->nthr; j++) cnt += s >= thr[j];
-    return cnt;
+    int32_t lo = 0, hi = t->nthr;  /* the answer is in [lo, hi] */
+    while (lo < hi) {
+        const int32_t mid = lo + (hi - lo) / 2;
+        if (s >= thr[mid]) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
 }
 
 /* Set channel co's code in a pixel's planes (words per plane: wd); the row starts zeroed. */

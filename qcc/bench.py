@@ -147,7 +147,7 @@ def load_inputs(specs, inputs=None, seed: int = 0) -> tuple[dict[str, np.ndarray
     if inputs is None:
         rng = np.random.default_rng(seed)
         return {s.name: rng.standard_normal([1, *s.shape[1:]]).astype(np.float32) for s in specs}, \
-            f"random normal (seed {seed})", None
+            f"random normal, seed {seed}", None
     if isinstance(inputs, dict):
         data, where = inputs, "<dict>"
         files = list(inputs)

@@ -13,6 +13,8 @@ from typing import Any
 
 KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
 MAX_TAPS = 256  # kh * kw of the bit-plane kernels (their padding bookkeeping is on the stack)
+MAX_K2 = 1024  # pairs of window levels of the k-major int16 conv (its row is on the stack)
+KMAJOR_MAX_C = 16  # input channels below which the int16 conv runs along output channels
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ KERNELS: tuple[KernelSpec, ...] = (
     *(_k("pgemm", f"planes_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS) for out in OUTS),
     *(_k("iconv", f"i16_{out}", out=out) for out in OUTS),
     *(_k("iconv", f"i16_{out}", "avx2", nr=4, out=out) for out in OUTS),
+    *(_k("ikconv", f"i16_{out}", out=out, max_k2=MAX_K2) for out in OUTS),
+    *(_k("ikconv", f"i16_{out}", "avx2", nr=32, out=out, max_k2=MAX_K2) for out in OUTS),
     _k("fconv", "f32_f32"),
     _k("pool", "max_bits", kind="max", storage="bits"),
     _k("pool", "max_planes", kind="max", storage="planes"),

@@ -15,7 +15,7 @@ import jinja2
 import numpy as np
 
 import qcc
-from qcc.codegen.kernels import KERNEL_DIR, MAX_TAPS, KernelSpec, find
+from qcc.codegen.kernels import KERNEL_DIR, KMAJOR_MAX_C, MAX_K2, MAX_TAPS, KernelSpec, find
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node
 from qcc.ir.kernels_ref import pack_bits, plane_words, words
@@ -222,6 +222,15 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         xs, ws = a.x_spec, a.w_spec
         return [im2col_call, f"{gemm}({col}, {wt}, {cws}, {cwt}, {xs.lo}, {xs.step}, {ws.lo}, {ws.step}, {wplanes}, "
                              f"&{geom}, {ps}, {out}, {yp});"]
+    if x.dtype == "i16" and a.conv.group == 1 and cig < KMAJOR_MAX_C and -(-kh * kw * cig // 2) <= MAX_K2:
+        k2 = -(-kh * kw * cig // 2)  # few input channels (first layers): run along output channels
+        co_pad = -(-co // 8) * 8
+        wk = np.zeros((2 * k2, co_pad), np.int64)
+        wk[:kh * kw * cig, :co] = a.weight.reshape(co, -1).T
+        wt = u.array(f"{pre}_weight", "int16_t", wk.reshape(k2, 2, co_pad).transpose(0, 2, 1),
+                     f"weight levels k-major [{k2} pairs of (ky, kx, ci)][{co_pad}][2]")
+        fn = u.kernel(("ikconv", f"i16_{a.out}"))
+        return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {k2}, {co_pad}, {out}, {yp});"]
     if x.dtype == "i16":
         wt = u.array(f"{pre}_weight", "int16_t", a.weight, f"weight levels [{co}][{kh}][{kw}][{cig}]")
         fn = u.kernel(("iconv", f"i16_{a.out}"))

@@ -1,4 +1,5 @@
 """``qcc bench`` and the float / QDQ twins it compares against (no timing assertions)."""
+import importlib.util
 import json
 from pathlib import Path
 
@@ -119,9 +120,7 @@ def test_bench_bad_model_one_line_exit_2(tmp_path, capsys):
 
 
 def test_bench_png_without_matplotlib_is_one_line(tmp_path, capsys):
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:
         code = main(["bench", str(MODEL), "--png", str(tmp_path / "c.png"), "--quiet"])
         _, err = capsys.readouterr()
         assert code == 2 and err.count("\n") == 1 and "matplotlib" in err

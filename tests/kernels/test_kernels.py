@@ -42,7 +42,7 @@ import pytest
 
 from qcc.codegen import render as render_mod
 from qcc.codegen.build import build, host_isa
-from qcc.codegen.kernels import KERNELS, KernelSpec
+from qcc.codegen.kernels import KMAJOR_MAX_C, KERNELS, KernelSpec
 from qcc.codegen.render import RUNTIME_DIR, render
 from qcc.ir import interp
 from qcc.ir.graph import Graph, Node, Tensor
@@ -700,7 +700,7 @@ def test_pgemm_layer(p, isa):
 
 # -------------------------------------------------------------- int16-level layer (iconv)
 
-ICONV_CASES = [
+ICONV_ALL = [
     ConvCase("i8", "w8", 3, 5, out="f32_mb"),
     ConvCase("i8", "w8", 64, 65, hw=(4, 4), out="i16"),
     ConvCase("i8", "w8", 65, 3, hw=(5, 4), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="pm1"),
@@ -715,7 +715,29 @@ ICONV_CASES = [
     ConvCase("u2", "w8", 5, 7, hw=(4, 4), out="f32_mul", feed="i16", n=2),
     ConvCase("pm1", "t", 6, 6, hw=(5, 5), group=3, out="pm1", feed="i16"),
     ConvCase("i2", "i8", 128, 64, hw=(3, 3), group=2, out="i16", feed="i16"),
+    # first layers: few input channels, run along output channels (ikconv, k-major weights)
+    ConvCase("i8", "w8", 3, 64, hw=(9, 8), k=(7, 7), s=(2, 2), pads=(3, 3, 3, 3), out="pm1"),
+    ConvCase("i8", "w8", 1, 33, hw=(6, 6), out="u2"),
+    ConvCase("i8", "w8", 15, 100, hw=(4, 4), out="i16", n=2),
+    ConvCase("i8", "w8", 3, 7, hw=(5, 5), k=(1, 1), pads=(0, 0, 0, 0), out="f32_off", data="extreme"),
 ]
+
+
+def _kmajor(p: ConvCase) -> bool:
+    """Mirrors render's choice: an int16 layer with few input channels runs k-major (ikconv)."""
+    return p.group == 1 and p.ci < KMAJOR_MAX_C and (p.x not in ("pm1", "u2", "i2", "u1", "t") or p.feed == "i16")
+
+
+ICONV_CASES = [p for p in ICONV_ALL if not _kmajor(p)]
+IKCONV_CASES = [p for p in ICONV_ALL if _kmajor(p)]
+
+
+@pytest.mark.parametrize("isa", ISAS["ikconv"])
+@pytest.mark.parametrize("p", IKCONV_CASES, ids=str)
+def test_ikconv_layer(p, isa):
+    if isa not in HOST_ISAS:
+        pytest.skip(f"this CPU does not run {isa}")
+    check(layer_case(p), isa=isa)
 
 
 @pytest.mark.parametrize("isa", ISAS["iconv"])
@@ -1354,13 +1376,15 @@ def test_transpose_output_nhwc():
 
 # ============================================================================ the variants
 
-SUITES = [(layer_case, BGEMM_CASES), (layer_case, PGEMM_CASES), (layer_case, ICONV_CASES), (layer_case, FCONV_CASES),
+SUITES = [(layer_case, BGEMM_CASES), (layer_case, PGEMM_CASES), (layer_case, ICONV_CASES), (layer_case, IKCONV_CASES),
+          (layer_case, FCONV_CASES),
           (pool_case, POOL_CASES), (quant_case, QUANT_CASES), (unpack_case, UNPACK_CASES), (ew_case, EW_CASES),
           (ew2_case, EW2_CASES), (concat_case, CONCAT_CASES), (softmax_case, SOFTMAX_CASES),
           (transpose_case, TRANSPOSE_CASES)]
 
 # What each suite must exercise: every case of a layer suite runs that suite's kernel family.
-SUITE_FAMILY = {id(BGEMM_CASES): "bgemm", id(PGEMM_CASES): "pgemm", id(ICONV_CASES): "iconv", id(FCONV_CASES): "fconv"}
+SUITE_FAMILY = {id(BGEMM_CASES): "bgemm", id(PGEMM_CASES): "pgemm", id(ICONV_CASES): "iconv",
+                id(IKCONV_CASES): "ikconv", id(FCONV_CASES): "fconv"}
 
 
 def _kernels_of(source: str) -> set[str]:
@@ -1379,7 +1403,7 @@ def test_every_declared_variant_is_exercised():
             ks = _kernels_of(render(planned(make(p)), MODEL, isa=isa).c)
             if family:
                 assert any(k.startswith(f"qcc_{family}_") for k in ks), f"{p}: runs {sorted(ks)}, not {family}"
-                assert not [k for k in ks if re.match(r"qcc_(bgemm|pgemm|iconv|fconv)_", k)
+                assert not [k for k in ks if re.match(r"qcc_(bgemm|pgemm|iconv|ikconv|fconv)_", k)
                             and not k.startswith(f"qcc_{family}_")], f"{p}: runs another layer family: {sorted(ks)}"
             used |= ks
     declared = {k.name for k in KERNELS}

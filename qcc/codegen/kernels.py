@@ -51,6 +51,7 @@ KERNELS: tuple[KernelSpec, ...] = (
       for mode in ("round", "sign", "ternary", "thr") for out in OUTS),
     _k("quantize", "sign_bits", "avx2", mode="sign", out="bits"),
     _k("quantize", "round_i16", "avx2", mode="round", out="i16"),
+    _k("quantize", "round_bits", "avx2", mode="round", out="bits"),
     _k("im2col", "b64"),
     *(_k("bgemm", f"pm1xpm1_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
     *(_k("bgemm", f"pm1xpm1_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS) for out in OUTS),

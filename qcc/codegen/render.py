@@ -21,6 +21,7 @@ from qcc.ir.graph import Graph, Node
 from qcc.ir.kernels_ref import pack_bits, plane_words, words
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+SIMD_MAX_THRESHOLDS = 15  # up to 4-bit outputs: more thresholds are binary-searched per channel
 CTYPES = {"f32": "float", "i16": "int16_t", "bits": "uint64_t"}
 ROUNDING = {"ROUND": "QCC_ROUND", "CEIL": "QCC_CEIL", "FLOOR": "QCC_FLOOR", "UP": "QCC_UP",
             "DOWN": "QCC_DOWN", "HALF_UP": "QCC_HALF_UP", "HALF_DOWN": "QCC_HALF_DOWN"}
@@ -177,8 +178,12 @@ def _transform(u: Unit, pre: str, a) -> str:
         thr = u.array(f"{pre}_thr", "int32_t", np.clip(t.thr, -(1 << 31), (1 << 31) - 1),
                       f"thresholds [{t.thr.shape[0]}][{t.thr.shape[1]}] on the accumulator")
         sign = u.array(f"{pre}_sign", "int8_t", t.sign)
-        u.structs.append(f"static const qcc_thresholds {pre}_out = {{ /* thr, sign, nthr, lo, step, planes */\n"
-                         f"    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, {t.spec.step}, {t.spec.bits}}};")
+        by_level = "NULL"
+        if u.isa != "scalar" and t.thr.shape[1] <= SIMD_MAX_THRESHOLDS:  # compared for 4 channels at once
+            by_level = u.array(f"{pre}_thr_by_level", "int32_t", np.clip(t.thr, -(1 << 31), (1 << 31) - 1).T,
+                               "the thresholds level-major, for the SIMD output transform")
+        u.structs.append(f"static const qcc_thresholds {pre}_out = {{ /* thr, sign, nthr, lo, step, planes, by level */\n"
+                         f"    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, {t.spec.step}, {t.spec.bits}, {by_level}}};")
     return f"&{pre}_out"
 
 

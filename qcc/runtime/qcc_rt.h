@@ -24,6 +24,7 @@ typedef struct {         /* levels: q = lo + step * #{j : sign[co] * acc >= thr[
     const int32_t *thr;  /* [co][nthr], ascending */
     const int8_t *sign;  /* [co], +1 or -1 */
     int32_t nthr, lo, step, planes;
+    const int32_t *thr_by_level;  /* the same, [nthr][co], for SIMD variants (or NULL) */
 } qcc_thresholds;
 
 typedef struct {         /* values: (float)(acc + off[co]) * mul[co] + bias[co]; any may be NULL */

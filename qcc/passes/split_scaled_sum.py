@@ -24,7 +24,7 @@ or with two monotone staircases of the same input, ``delta * u + (beta - 2 delta
 from __future__ import annotations
 
 from qcc.ir.graph import Graph, Node
-from qcc.passes.base import QUANTIZERS, PassResult, result
+from qcc.passes.base import QUANTIZERS, PassResult, linear_sum, result
 
 
 def split_scaled_sum(graph: Graph) -> PassResult:
@@ -36,33 +36,7 @@ def split_scaled_sum(graph: Graph) -> PassResult:
         if not terms or all(beta is None for beta, _ in terms):
             nodes.append(n)
             continue
-        out = n.outputs[0]
-        total = None
-        for k, (beta, h) in enumerate(terms):
-            y = graph.fresh_name(f"{out}_term{k}", taken)
-            tensors[y] = tensors[out].with_(name=y)
-            nodes.append(Node(n.op, (h, n.inputs[1]), (y,), n.attrs, f"{n.name}_term{k}"))
-            if beta is not None:
-                z = graph.fresh_name(f"{out}_scaled{k}", taken)
-                tensors[z] = tensors[out].with_(name=z)
-                nodes.append(Node("Mul", (y, beta), (z,), None, f"{n.name}_beta{k}"))
-                y = z
-            if total is not None:
-                s = graph.fresh_name(f"{out}_sum{k}", taken)
-                tensors[s] = tensors[out].with_(name=s)
-                nodes.append(Node("Add", (total, y), (s,), None, f"{n.name}_sum{k}"))
-                y = s
-            total = y
-        bias = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else None
-        if bias is not None:
-            b4 = graph.fresh_name(bias + "_bcast", taken)
-            v = graph.const(bias).reshape(-1)
-            shape = (1, v.size) + (1,) * (len(tensors[out].shape) - 2)
-            tensors[b4] = tensors[bias].with_(name=b4, data=v.reshape(shape), shape=shape)
-            nodes.append(Node("Add", (total, b4), (out,), None, f"{n.name}_bias"))
-        else:
-            nodes[-1] = nodes[-1].with_(outputs=(out,))
-            tensors.pop(total, None)
+        nodes += linear_sum(graph, n, [((h, n.inputs[1]), beta) for beta, h in terms], tensors, taken)
     return result(graph, graph.rewrite(nodes, tensors))
 
 

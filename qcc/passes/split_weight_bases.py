@@ -16,7 +16,7 @@ importer normalizes them) are rewritten; anything else is left alone.
 from __future__ import annotations
 
 from qcc.ir.graph import Graph, Node
-from qcc.passes.base import QUANTIZERS, PassResult, result
+from qcc.passes.base import QUANTIZERS, PassResult, linear_sum, result
 
 
 def split_weight_bases(graph: Graph) -> PassResult:
@@ -28,37 +28,17 @@ def split_weight_bases(graph: Graph) -> PassResult:
         if not terms or len(terms) < 2:
             nodes.append(n)
             continue
-        out, total = n.outputs[0], None
-        rank = len(tensors[out].shape)
+        rank = len(tensors[n.outputs[0]].shape)
+        parts = []
         for k, (alpha, basis) in enumerate(terms):
-            y = graph.fresh_name(f"{out}_basis{k}", taken)
-            tensors[y] = tensors[out].with_(name=y)
-            nodes.append(Node(n.op, (n.inputs[0], basis), (y,), n.attrs, f"{n.name}_basis{k}"))
-            if alpha is not None:
-                a = graph.fresh_name(f"{out}_alpha{k}", taken)
+            if alpha is not None:  # one coefficient per output channel, broadcast along axis 1
+                a = graph.fresh_name(f"{n.outputs[0]}_alpha{k}", taken)
                 v = graph.const(alpha).reshape(-1)
                 shape = (1, v.size) + (1,) * (rank - 2) if v.size > 1 else ()
                 tensors[a] = tensors[alpha].with_(name=a, data=v.reshape(shape), shape=shape)
-                z = graph.fresh_name(f"{out}_scaled{k}", taken)
-                tensors[z] = tensors[out].with_(name=z)
-                nodes.append(Node("Mul", (y, a), (z,), None, f"{n.name}_alpha{k}"))
-                y = z
-            if total is not None:
-                s = graph.fresh_name(f"{out}_sum{k}", taken)
-                tensors[s] = tensors[out].with_(name=s)
-                nodes.append(Node("Add", (total, y), (s,), None, f"{n.name}_sum{k}"))
-                y = s
-            total = y
-        bias = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else None
-        if bias is not None:
-            b = graph.fresh_name(bias + "_bcast", taken)
-            v = graph.const(bias).reshape(-1)
-            shape = (1, v.size) + (1,) * (rank - 2)
-            tensors[b] = tensors[bias].with_(name=b, data=v.reshape(shape), shape=shape)
-            nodes.append(Node("Add", (total, b), (out,), None, f"{n.name}_bias"))
-        else:
-            nodes[-1] = nodes[-1].with_(outputs=(out,))
-            tensors.pop(total, None)
+                alpha = a
+            parts.append(((n.inputs[0], basis), alpha))
+        nodes += linear_sum(graph, n, parts, tensors, taken)
     return result(graph, graph.rewrite(nodes, tensors))
 
 

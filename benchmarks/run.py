@@ -25,6 +25,8 @@ QUICK_LAYERS = ("conv3x3 128@16x16", "fc 1024x1024")
 QUICK_PRECISIONS = ("w1a1", "w1a2", "w8a8")
 QUICK_NETWORKS = ("CNV w1a1", "ResNet-8ish w2a2")
 LAYER_BREAKDOWN = ("CNV w1a1",)  # networks whose per-layer table goes into results.md
+EFFICIENCY = ("w1a1", "w1a2", "w2a2")  # single layers profiled for their fraction of the popcount ceiling
+MIN_K_BITS = 1152  # the efficiency goal applies to layers with K >= 1152 bits
 
 
 def select(quick: bool, only: str | None) -> list[tuple[str, str, object]]:
@@ -93,8 +95,23 @@ def markdown(results: list[dict], mode: str, seconds: float) -> str:
                     lines.append(f"- {r['name']}: {e['label']} unavailable: {e['reason']}")
         if any(not e["available"] for r in rows for e in r["engines"].values()):
             lines.append("")
+    eff = [(r, L) for r in results if r["group"].startswith("single") for L in r.get("layers", [])
+           if "ceiling_fraction" in L]
+    if eff:
+        ceiling = next(r["popcount_ceiling_gbit_macs_per_s"] for r, _ in eff)
+        lines += ["## Bit-plane layers against the popcount ceiling", "",
+                  f"The bare XNOR-popcount tile (the kernels' own inner loop, operands in L1) reaches "
+                  f"{ceiling:.0f} G bit-MACs/s in this run. Each layer kernel's bit-MACs (MACs x plane pairs) per "
+                  f"second, from the profiling build (im2col and output transform included), as a fraction of it; "
+                  f"the goal is >= 70 % for K >= {MIN_K_BITS} bits.", "",
+                  "| model | kernel | K bits | G bit-MACs/s | of ceiling |", "|---|---|---:|---:|---:|"]
+        for r, L in eff:
+            mark = "" if L["k_bits"] >= MIN_K_BITS else " (K below goal range)"
+            lines.append(f"| {r['name']} | {L['kernel']} | {L['k_bits']:,} | {L['gbit_macs_per_s']:.0f} | "
+                         f"{L['ceiling_fraction']:.0%}{mark} |")
+        lines.append("")
     for r in results:
-        if r.get("layers"):
+        if r.get("layers") and r["name"] in LAYER_BREAKDOWN:
             lines += [f"## Per layer: {r['name']} (qcc profiling build, per call)", "",
                       "| node | kernel | share | us |", "|---|---|---:|---:|"]
             for L in r["layers"]:
@@ -122,9 +139,9 @@ def main(argv=None) -> int:
     results = []
     for i, (group, name, model) in enumerate(chosen):
         t0 = time.monotonic()
+        profile = name in LAYER_BREAKDOWN or (group.startswith("single") and name.endswith(EFFICIENCY))
         r = bench.run_bench(model, target=args.target, threads=args.threads, runs=runs, warmup=warmup,
-                            max_seconds=max_seconds, layers=name in LAYER_BREAKDOWN,
-                            quiet=not sys.stderr.isatty())
+                            max_seconds=max_seconds, layers=profile, quiet=not sys.stderr.isatty())
         r.update(group=group, name=name, model=name)
         results.append(r)
         e = r["engines"]

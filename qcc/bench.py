@@ -222,8 +222,93 @@ def _weight_bytes(low, twin) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- the ceiling
+CEILING_WORDS = 64  # 2 rows + 4 columns of 64 words: 3 KiB, in L1
+
+
+_ceiling_cache: dict[str, float] = {}
+
+
+def popcount_ceiling(isa: str, seconds: float = 0.3) -> float | None:
+    """Bit-MACs per second of the bare XNOR-popcount microkernel on L1-resident operands.
+
+    It is the bit-plane GEMMs' own inner tile (kernels/popcount_avx2.c.j2, 2 rows x 4
+    columns), called in a loop with nothing else: the most a binary layer can reach here.
+    Measured once per process; None for ISAs without a SIMD tile."""
+    if isa != "avx2":
+        return None
+    if isa in _ceiling_cache:
+        return _ceiling_cache[isa]
+    import cffi
+
+    from qcc.codegen.build import CFLAGS, cache_dir
+    from qcc.codegen.render import RUNTIME_DIR, _env
+
+    tile = _env().from_string('{% import "popcount_avx2.c.j2" as p %}{{ p.tile("qcc_ceiling", "xor", 2) }}').render()
+    source = f"""
+#include "qcc_rt.h"
+#include <immintrin.h>
+{tile}
+static uint64_t qcc_ceiling_rows[2 * {CEILING_WORDS}], qcc_ceiling_w[4 * {CEILING_WORDS}];
+int64_t qcc_ceiling_run(int64_t reps) {{
+    int64_t raw[2][4], sum = 0;
+    for (int i = 0; i < 2 * {CEILING_WORDS}; i++) qcc_ceiling_rows[i] = 0x9e3779b97f4a7c15ULL * (uint64_t)(i + 1);
+    for (int i = 0; i < 4 * {CEILING_WORDS}; i++) qcc_ceiling_w[i] = 0xc2b2ae3d27d4eb4fULL * (uint64_t)(i + 7);
+    for (int64_t r = 0; r < reps; r++) {{
+        qcc_ceiling_tile(qcc_ceiling_rows, {CEILING_WORDS}, qcc_ceiling_w, {CEILING_WORDS}, {CEILING_WORDS // 4}, raw);
+        sum += raw[0][0] + raw[1][3];
+        qcc_ceiling_rows[r & 7] ^= (uint64_t)sum;  /* a dependence, so no call is optimized away */
+    }}
+    return sum;
+}}
+"""
+    ffi = cffi.FFI()
+    ffi.cdef("int64_t qcc_ceiling_run(int64_t reps);")
+    import hashlib
+    module = "_qcc_ceiling_" + hashlib.sha256(source.encode()).hexdigest()[:16]
+    tmp = cache_dir() / module
+    tmp.mkdir(parents=True, exist_ok=True)
+    ffi.set_source(module, source, include_dirs=[str(RUNTIME_DIR)], extra_compile_args=CFLAGS)
+    so = ffi.compile(tmpdir=str(tmp), verbose=False)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(module, so)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    bits_per_call = 2 * 4 * CEILING_WORDS * 64
+    reps = 1000
+    mod.lib.qcc_ceiling_run(reps)  # warm up
+    while True:
+        t0 = time.perf_counter()
+        mod.lib.qcc_ceiling_run(reps)
+        dt = time.perf_counter() - t0
+        if dt > seconds / 4:
+            break
+        reps *= 4
+    best = max(reps * bits_per_call / _timed(mod.lib.qcc_ceiling_run, reps) for _ in range(3))
+    _ceiling_cache[isa] = best
+    return best
+
+
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def bit_macs(node, tensors) -> int:
+    """Bit-level multiply-accumulates of a bit-plane layer: MACs x plane pairs (0 for others)."""
+    a = node.attrs
+    x = tensors[node.inputs[0]]
+    if node.op != "layer" or x.dtype != "bits":
+        return 0
+    y = tensors[node.outputs[0]]
+    co, kh, kw, cig = a.weight.shape
+    return y.shape[0] * y.shape[1] * y.shape[2] * co * kh * kw * cig * a.x_spec.bits * a.w_spec.bits
+
+
 def _layers(model, target: str, feeds, runs: int, warmup: int) -> list[dict]:
-    """Per-kernel-call times of a profiling build, per call."""
+    """Per-kernel-call times of a profiling build, per call; bit-plane layers also get their
+    rate as a fraction of the bare popcount ceiling measured in the same process."""
     from qcc import InferenceSession
     from qcc.codegen.inspect import _layer
 
@@ -236,12 +321,21 @@ def _layers(model, target: str, feeds, runs: int, warmup: int) -> list[dict]:
         sess.run(None, feeds)
     times = sess.layer_times()
     total = sum(t for _, t in times) or 1.0
+    ceiling = popcount_ceiling(sess.isa)
     rows = []
     for n, t in times:
         kernel = n.op
+        row = {"name": n.name, "op": n.op, "us": t / runs * 1e6, "share": t / total}
         if n.op == "layer":
             kernel = f"layer/{_layer(n, sess.lowered.tensors[n.inputs[0]])[0]}"
-        rows.append({"name": n.name, "op": n.op, "kernel": kernel, "us": t / runs * 1e6, "share": t / total})
+            bm = bit_macs(n, sess.lowered.tensors)
+            if bm and t > 0:
+                co, kh, kw, cig = n.attrs.weight.shape
+                row.update(bit_macs=bm, k_bits=kh * kw * cig, gbit_macs_per_s=bm / (t / runs) / 1e9)
+                if ceiling:
+                    row["ceiling_fraction"] = bm / (t / runs) / ceiling
+        row["kernel"] = kernel
+        rows.append(row)
     return rows
 
 
@@ -308,6 +402,9 @@ def run_bench(model, target: str = "native", threads: int = 1, runs: int = 200, 
     if layers:
         progress.show("qcc bench: profiling build (--layers)", force=True)
         result["layers"] = _layers(proto, target, feeds, min(runs, 200), warmup)
+        ceiling = popcount_ceiling(session.isa)
+        if ceiling:
+            result["popcount_ceiling_gbit_macs_per_s"] = ceiling / 1e9
         progress.done()
     return result
 
@@ -359,14 +456,20 @@ def report(result: dict) -> str:
     lines += [f"note: {n}" for n in result["notes"]]
     if "layers" in result:
         lines += ["", "per layer (profiling build, per call):"]
-        rows = [("node", "kernel", "share", "us")]
+        rows = [("node", "kernel", "share", "us", "of ceiling")]
         for L in result["layers"]:
-            rows.append((L["name"], L["kernel"], f"{L['share']:.1%}", _fmt_us(L["us"])))
+            eff = f"{L['ceiling_fraction']:.0%}" if "ceiling_fraction" in L else ""
+            rows.append((L["name"], L["kernel"], f"{L['share']:.1%}", _fmt_us(L["us"]), eff))
         total = sum(L["us"] for L in result["layers"])
-        rows.append(("total (kernels only)", "", "100.0%", _fmt_us(total)))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append(("total (kernels only)", "", "100.0%", _fmt_us(total), ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
         for r in rows:
-            lines.append(f"{r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2].rjust(widths[2])}  {r[3].rjust(widths[3])}")
+            lines.append(f"{r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2].rjust(widths[2])}  "
+                         f"{r[3].rjust(widths[3])}  {r[4].rjust(widths[4])}".rstrip())
+        if "popcount_ceiling_gbit_macs_per_s" in result:
+            lines.append(f"ceiling: the bare XNOR-popcount tile reaches {result['popcount_ceiling_gbit_macs_per_s']:.0f} "
+                         f"G bit-MACs/s here; 'of ceiling' is each bit-plane layer's bit-MACs (x plane pairs) per second "
+                         f"as a fraction of it")
     return "\n".join(lines)
 
 

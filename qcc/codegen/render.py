@@ -189,9 +189,10 @@ def _transform(u: Unit, pre: str, a) -> str:
 
 def _weight_rows(codes: np.ndarray, planes: int, ps: int) -> np.ndarray:
     """Weight codes (co, kh, kw, ci) as im2col-style rows: (co, planes, ps) words, plane-major,
-    each plane's taps x words zero padded to ``ps``."""
+    each plane one bit stream over (tap, channel), zero padded to ``ps`` words."""
     co = codes.shape[0]
-    segs = [pack_bits(((codes >> q) & 1).astype(np.uint8)).reshape(co, -1) for q in range(planes)]
+    flat = codes.reshape(co, -1)  # bit t * C + c = channel c of tap t
+    segs = [pack_bits(((flat >> q) & 1).astype(np.uint8)) for q in range(planes)]
     return np.stack([np.pad(sg, ((0, 0), (0, ps - sg.shape[1]))) for sg in segs], axis=1)
 
 
@@ -214,7 +215,7 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         codes = a.w_spec.to_code(a.weight)  # (co, kh, kw, ci)
         wplanes = a.w_spec.bits
         wt = u.array(f"{pre}_weight", "uint64_t", _weight_rows(codes, wplanes, ps),
-                     f"weight codes: [{co}][{wplanes} planes][{kh}x{kw} taps x {words(cig)} words, padded to {ps}]")
+                     f"weight codes: [{co}][{wplanes} planes][{kh}x{kw} taps x {cig} channels as bits, {ps} words]")
         if a.x_spec.bipolar and a.w_spec.bipolar:
             wp = u.array(f"{pre}_wpop", "uint16_t", codes.sum(axis=3).reshape(co, kh * kw),
                          "+1 weights per tap, for the padding correction")

@@ -33,11 +33,12 @@ def words(channels: int) -> int:
 
 
 def plane_words(taps: int, channels: int) -> int:
-    """Words of one plane's segment of an im2col (or packed weight) row: taps x words, padded.
+    """Words of one plane's segment of an im2col (or packed weight) row.
 
-    Rows are plane-major: plane p of tap t starts at word p * plane_words + t * words(C), so
-    each plane is one contiguous stream for the popcount kernels."""
-    n = taps * words(channels)
+    Rows are plane-major bit streams: bit ``t * C + c`` of plane p's segment is channel c of
+    tap t, so taps of fewer than 64 channels share words (no padding per tap), and the
+    segment is zero padded to a multiple of ``ROW_ALIGN`` words."""
+    n = -(-taps * channels // WORD)
     return -(-n // ROW_ALIGN) * ROW_ALIGN
 
 

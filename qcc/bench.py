@@ -207,14 +207,14 @@ def _ort_engine(name: str, make_model, threads: int, feeds) -> tuple[Engine, obj
 def _weight_bytes(low, twin) -> dict:
     """Compiled layer weights (as ``qcc inspect`` counts them), their fp32 size, and every
     initializer of the float twin."""
-    from qcc.codegen.inspect import _layer
+    from qcc.codegen.inspect import layer_info
 
     compiled = fp32 = 0
     for n in low.nodes:
         if n.op == "layer":
-            _, _, _, wb, wf = _layer(n, low.tensors[n.inputs[0]])
-            compiled += wb
-            fp32 += wf
+            info = layer_info(n, low.tensors)
+            compiled += info.weight_bytes
+            fp32 += info.fp32_bytes
     out = {"qcc_compiled_bytes": compiled, "fp32_layer_weight_bytes": fp32}
     if twin is not None:
         from onnx import numpy_helper
@@ -295,22 +295,11 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - t0
 
 
-def bit_macs(node, tensors) -> int:
-    """Bit-level multiply-accumulates of a bit-plane layer: MACs x plane pairs (0 for others)."""
-    a = node.attrs
-    x = tensors[node.inputs[0]]
-    if node.op != "layer" or x.dtype != "bits":
-        return 0
-    y = tensors[node.outputs[0]]
-    co, kh, kw, cig = a.weight.shape
-    return y.shape[0] * y.shape[1] * y.shape[2] * co * kh * kw * cig * a.x_spec.bits * a.w_spec.bits
-
-
 def _layers(model, target: str, feeds, runs: int, warmup: int) -> list[dict]:
     """Per-kernel-call times of a profiling build, per call; bit-plane layers also get their
     rate as a fraction of the bare popcount ceiling measured in the same process."""
     from qcc import InferenceSession
-    from qcc.codegen.inspect import _layer
+    from qcc.codegen.inspect import layer_info
 
     sess = InferenceSession(model, target=target, profile=True)
     for _ in range(warmup):
@@ -327,8 +316,9 @@ def _layers(model, target: str, feeds, runs: int, warmup: int) -> list[dict]:
         kernel = n.op
         row = {"name": n.name, "op": n.op, "us": t / runs * 1e6, "share": t / total}
         if n.op == "layer":
-            kernel = f"layer/{_layer(n, sess.lowered.tensors[n.inputs[0]])[0]}"
-            bm = bit_macs(n, sess.lowered.tensors)
+            info = layer_info(n, sess.lowered.tensors)
+            kernel = f"layer/{info.kind}"
+            bm = info.bit_macs
             if bm and t > 0:
                 co, kh, kw, cig = n.attrs.weight.shape
                 row.update(bit_macs=bm, k_bits=kh * kw * cig, gbit_macs_per_s=bm / (t / runs) / 1e9)

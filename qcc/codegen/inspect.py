@@ -1,8 +1,10 @@
 """``qcc inspect``: what each lowered kernel computes, on how many bits, at what cost."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from qcc.ir.graph import Graph, Node, Tensor
-from qcc.ir.kernels_ref import words
+from qcc.ir.kernels_ref import plane_words
 from qcc.passes.plan_memory import nbytes
 
 
@@ -13,27 +15,40 @@ def encoding(t: Tensor) -> str:
     return t.quant.describe() + ("" if t.dtype == "bits" else f"/{t.dtype}")
 
 
-def _layer(n: Node, x: Tensor) -> tuple[str, str, str, int, int]:
-    """(kernel kind, weight encoding, plane pairs, weight bytes as compiled, as fp32)."""
+@dataclass(frozen=True)
+class LayerInfo:
+    """What one lowered ``layer`` computes and stores."""
+
+    kind: str          # xnor | planes | int16 | float
+    weights: str       # the weights' encoding (pm1, i2, i8 ..., f32)
+    pairs: int         # plane pairs (0 off the bit-plane kernels)
+    macs: int
+    weight_bytes: int  # as compiled
+    fp32_bytes: int    # the same weights in fp32
+
+    @property
+    def bit_macs(self) -> int:
+        """Bit-level multiply-accumulates: MACs x plane pairs (0 off the bit-plane kernels)."""
+        return self.macs * self.pairs
+
+
+def layer_info(n: Node, tensors: dict[str, Tensor]) -> LayerInfo:
     a = n.attrs
+    x, y = tensors[n.inputs[0]], tensors[n.outputs[0]]
     co, kh, kw, cig = a.weight.shape
+    macs = y.shape[0] * y.shape[1] * y.shape[2] * co * kh * kw * cig
     fp32 = 4 * a.weight.size
     if a.w_spec is None:
-        return "float", "f32", "-", fp32, fp32
+        return LayerInfo("float", "f32", 0, macs, fp32, fp32)
     if x.dtype == "bits":
         kind = "xnor" if a.x_spec.bipolar and a.w_spec.bipolar else "planes"
-        return kind, a.w_spec.describe(), str(a.x_spec.bits * a.w_spec.bits), 8 * co * kh * kw * a.w_spec.bits * words(cig), fp32
-    return "int16", a.w_spec.describe(), "-", 2 * a.weight.size, fp32
+        stored = 8 * co * a.w_spec.bits * plane_words(kh * kw, cig)
+        return LayerInfo(kind, a.w_spec.describe(), a.x_spec.bits * a.w_spec.bits, macs, stored, fp32)
+    return LayerInfo("int16", a.w_spec.describe(), 0, macs, 2 * a.weight.size, fp32)
 
 
 def total_macs(low: Graph) -> int:
-    return sum(_macs(n, low) for n in low.nodes if n.op == "layer")
-
-
-def _macs(n: Node, low: Graph) -> int:
-    y = low.tensors[n.outputs[0]]
-    co, kh, kw, cig = n.attrs.weight.shape
-    return y.shape[0] * y.shape[1] * y.shape[2] * co * kh * kw * cig
+    return sum(layer_info(n, low.tensors).macs for n in low.nodes if n.op == "layer")
 
 
 def layer_table(graph: Graph, low: Graph, unpruned: Graph | None = None) -> str:
@@ -47,9 +62,9 @@ def layer_table(graph: Graph, low: Graph, unpruned: Graph | None = None) -> str:
         x, y = low.tensors[n.inputs[0]], low.tensors[n.outputs[0]]
         wk, pairs, mac, wb, wf, op = "-", "-", 0, 0, 0, n.op
         if n.op == "layer":
-            kind, wk, pairs, wb, wf = _layer(n, x)
-            op = f"layer/{kind}"
-            mac = _macs(n, low)
+            info = layer_info(n, low.tensors)
+            op, wk, mac, wb, wf = f"layer/{info.kind}", info.weights, info.macs, info.weight_bytes, info.fp32_bytes
+            pairs = str(info.pairs) if info.pairs else "-"
         tot_mac += mac
         tot_w += wb
         tot_f += wf

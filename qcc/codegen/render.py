@@ -18,7 +18,7 @@ import qcc
 from qcc.codegen.kernels import KERNEL_DIR, KMAJOR_MAX_C, MAX_K2, MAX_TAPS, KernelSpec, find
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node
-from qcc.ir.kernels_ref import pack_bits, plane_words, words
+from qcc.ir.kernels_ref import pack_bits, plane_words
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 SIMD_MAX_THRESHOLDS = 15  # up to 4-bit outputs: more thresholds are binary-searched per channel

@@ -15,6 +15,7 @@ KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
 MAX_TAPS = 256  # kh * kw of the bit-plane kernels (their padding bookkeeping is on the stack)
 MAX_K2 = 1024  # pairs of window levels of the k-major int16 conv (its row is on the stack)
 KMAJOR_MAX_C = 16  # input channels below which the int16 conv runs along output channels
+MAX_K = 4096  # window values of the k-major float conv (its row is on the stack)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ KERNELS: tuple[KernelSpec, ...] = (
     *(_k("ikconv", f"i16_{out}", out=out, max_k2=MAX_K2) for out in OUTS),
     *(_k("ikconv", f"i16_{out}", "avx2", nr=32, out=out, max_k2=MAX_K2) for out in OUTS),
     _k("fconv", "f32_f32"),
+    _k("fkconv", "f32_f32", max_k=MAX_K),
+    _k("fkconv", "f32_f32", "avx2", nr=32, max_k=MAX_K),
     _k("pool", "max_bits", kind="max", storage="bits"),
     _k("pool", "max_planes", kind="max", storage="planes"),
     _k("pool", "max_i16", kind="max", storage="i16"),

@@ -15,7 +15,7 @@ import jinja2
 import numpy as np
 
 import qcc
-from qcc.codegen.kernels import KERNEL_DIR, KMAJOR_MAX_C, MAX_K2, MAX_TAPS, KernelSpec, find
+from qcc.codegen.kernels import KERNEL_DIR, KMAJOR_MAX_C, MAX_K, MAX_K2, MAX_TAPS, KernelSpec, find
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node
 from qcc.ir.kernels_ref import pack_bits, plane_words
@@ -241,6 +241,13 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         wt = u.array(f"{pre}_weight", "int16_t", a.weight, f"weight levels [{co}][{kh}][{kw}][{cig}]")
         fn = u.kernel(("iconv", f"i16_{a.out}"))
         return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {out}, {yp});"]
+    if a.conv.group == 1 and kh * kw * cig <= MAX_K:  # k-major: runs along the output channels
+        k, co_pad = kh * kw * cig, -(-co // 8) * 8
+        wk = np.zeros((k, co_pad), np.float32)
+        wk[:, :co] = a.weight.reshape(co, -1).T
+        wt = u.array(f"{pre}_weight", "float", wk, f"weights k-major [{k} = ({kh}, {kw}, {cig})][{co_pad}]")
+        fn = u.kernel(("fkconv", "f32_f32"))
+        return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {k}, {co_pad}, {out}, {yp});"]
     wt = u.array(f"{pre}_weight", "float", a.weight, f"weights [{co}][{kh}][{kw}][{cig}]")
     fn = u.kernel(("fconv", "f32_f32"))
     return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {out}, {yp});"]

@@ -750,7 +750,7 @@ def test_iconv_layer(p, isa):
 
 # ----------------------------------------------------------------- float layer (fconv)
 
-FCONV_CASES = (
+FCONV_ALL = (
     _sweep(lambda ci, co, out, i: ConvCase("f32", "f32", ci, co, k=(1, 1), pads=(0, 0, 0, 0), out=out, data="int"),
            (1,), F32_OUTS)
     + [
@@ -772,9 +772,21 @@ FCONV_CASES = (
 )
 
 
+FCONV_CASES = [p for p in FCONV_ALL if p.group > 1]  # grouped float convs: the direct kernel
+FKCONV_CASES = [p for p in FCONV_ALL if p.group == 1]  # the rest run k-major
+
+
 @pytest.mark.parametrize("p", FCONV_CASES, ids=str)
 def test_fconv_layer(p):
     check(layer_case(p))
+
+
+@pytest.mark.parametrize("isa", ISAS["fkconv"])
+@pytest.mark.parametrize("p", FKCONV_CASES, ids=str)
+def test_fkconv_layer(p, isa):
+    if isa not in HOST_ISAS:
+        pytest.skip(f"this CPU does not run {isa}")
+    check(layer_case(p), isa=isa)
 
 
 # ------------------------------------------------------------------- layers feeding layers
@@ -1377,14 +1389,14 @@ def test_transpose_output_nhwc():
 # ============================================================================ the variants
 
 SUITES = [(layer_case, BGEMM_CASES), (layer_case, PGEMM_CASES), (layer_case, ICONV_CASES), (layer_case, IKCONV_CASES),
-          (layer_case, FCONV_CASES),
+          (layer_case, FCONV_CASES), (layer_case, FKCONV_CASES),
           (pool_case, POOL_CASES), (quant_case, QUANT_CASES), (unpack_case, UNPACK_CASES), (ew_case, EW_CASES),
           (ew2_case, EW2_CASES), (concat_case, CONCAT_CASES), (softmax_case, SOFTMAX_CASES),
           (transpose_case, TRANSPOSE_CASES)]
 
 # What each suite must exercise: every case of a layer suite runs that suite's kernel family.
 SUITE_FAMILY = {id(BGEMM_CASES): "bgemm", id(PGEMM_CASES): "pgemm", id(ICONV_CASES): "iconv",
-                id(IKCONV_CASES): "ikconv", id(FCONV_CASES): "fconv"}
+                id(IKCONV_CASES): "ikconv", id(FCONV_CASES): "fconv", id(FKCONV_CASES): "fkconv"}
 
 
 def _kernels_of(source: str) -> set[str]:
@@ -1403,7 +1415,7 @@ def test_every_declared_variant_is_exercised():
             ks = _kernels_of(render(planned(make(p)), MODEL, isa=isa).c)
             if family:
                 assert any(k.startswith(f"qcc_{family}_") for k in ks), f"{p}: runs {sorted(ks)}, not {family}"
-                assert not [k for k in ks if re.match(r"qcc_(bgemm|pgemm|iconv|ikconv|fconv)_", k)
+                assert not [k for k in ks if re.match(r"qcc_(bgemm|pgemm|iconv|ikconv|fconv|fkconv)_", k)
                             and not k.startswith(f"qcc_{family}_")], f"{p}: runs another layer family: {sorted(ks)}"
             used |= ks
     declared = {k.name for k in KERNELS}

@@ -45,13 +45,10 @@ def select(quick: bool, only: str | None) -> list[tuple[str, str, object]]:
 
 
 def _us(v) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
+    return bench.fmt_us(v, "n/a")
 
 
-def _x(v) -> str:
-    return "n/a" if v is None else f"{v:.2f}x"
+_x = bench.fmt_ratio
 
 
 def _kb(b: int) -> str:

@@ -400,13 +400,14 @@ def run_bench(model, target: str = "native", threads: int = 1, runs: int = 200, 
 
 
 # ----------------------------------------------------------------------------- output
-def _fmt_us(v) -> str:
+def fmt_us(v, missing: str = "-") -> str:
+    """Microseconds for a table: one decimal below 1000."""
     if v is None:
-        return "-"
+        return missing
     return f"{v:,.1f}" if v < 1000 else f"{v:,.0f}"
 
 
-def _ratio(v) -> str:
+def fmt_ratio(v) -> str:
     return "n/a" if v is None else f"{v:.2f}x"
 
 
@@ -424,7 +425,7 @@ def report(result: dict) -> str:
     rows = [("engine", "median us", "p10 us", "p90 us", "runs")]
     for e in result["engines"].values():
         if e["available"]:
-            rows.append((e["label"], _fmt_us(e["median_us"]), _fmt_us(e["p10_us"]), _fmt_us(e["p90_us"]), str(e["runs"])))
+            rows.append((e["label"], fmt_us(e["median_us"]), fmt_us(e["p10_us"]), fmt_us(e["p90_us"]), str(e["runs"])))
         else:
             rows.append((e["label"], "unavailable", "", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
@@ -434,8 +435,8 @@ def report(result: dict) -> str:
         if not e["available"]:
             lines.append(f"  {e['label']}: unavailable: {e['reason']}")
     r = result["ratios"]
-    lines += ["", f"speedup (ORT median / qcc median, > 1: qcc faster): ORT fp32 / qcc = {_ratio(r['ort_fp32/qcc'])}, "
-                  f"ORT int8 / qcc = {_ratio(r['ort_int8/qcc'])}"]
+    lines += ["", f"speedup (ORT median / qcc median, > 1: qcc faster): ORT fp32 / qcc = {fmt_ratio(r['ort_fp32/qcc'])}, "
+                  f"ORT int8 / qcc = {fmt_ratio(r['ort_int8/qcc'])}"]
     w = result["weights"]
     line = f"weights: qcc {w['qcc_compiled_bytes']:,} bytes compiled"
     if "fp32_twin_bytes" in w:
@@ -449,9 +450,9 @@ def report(result: dict) -> str:
         rows = [("node", "kernel", "share", "us", "of ceiling")]
         for L in result["layers"]:
             eff = f"{L['ceiling_fraction']:.0%}" if "ceiling_fraction" in L else ""
-            rows.append((L["name"], L["kernel"], f"{L['share']:.1%}", _fmt_us(L["us"]), eff))
+            rows.append((L["name"], L["kernel"], f"{L['share']:.1%}", fmt_us(L["us"]), eff))
         total = sum(L["us"] for L in result["layers"])
-        rows.append(("total (kernels only)", "", "100.0%", _fmt_us(total), ""))
+        rows.append(("total (kernels only)", "", "100.0%", fmt_us(total), ""))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         for r in rows:
             lines.append(f"{r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2].rjust(widths[2])}  "

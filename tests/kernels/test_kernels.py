@@ -633,6 +633,13 @@ BGEMM_CASES = (
 
 
 HOST_ISAS = ["scalar"] + (["avx2"] if host_isa() == "avx2" else [])
+
+
+def check_on(isa: str, case: Case) -> None:
+    """``check`` with the ISA's variants, skipped where this CPU does not run them."""
+    if isa not in HOST_ISAS:
+        pytest.skip(f"this CPU does not run {isa}")
+    check(case, isa=isa)
 ISAS = {family: sorted({k.isa for k in KERNELS if k.family == family}) for family in {k.family for k in KERNELS}}
 
 
@@ -640,9 +647,7 @@ ISAS = {family: sorted({k.isa for k in KERNELS if k.family == family}) for famil
 @pytest.mark.parametrize("p", BGEMM_CASES, ids=str)
 def test_bgemm_layer(p, isa):
     """Every variant of the family (scalar, and the SIMD ones this CPU runs) against the oracle."""
-    if isa not in HOST_ISAS:
-        pytest.skip(f"this CPU does not run {isa}")
-    check(layer_case(p), isa=isa)
+    check_on(isa, layer_case(p))
 
 
 @pytest.mark.parametrize("xw", [("pm1", "pm1"), ("u2", "t")], ids=lambda xw: "x".join(xw))
@@ -693,9 +698,7 @@ PGEMM_CASES = (
 @pytest.mark.parametrize("isa", ISAS["pgemm"])
 @pytest.mark.parametrize("p", PGEMM_CASES, ids=str)
 def test_pgemm_layer(p, isa):
-    if isa not in HOST_ISAS:
-        pytest.skip(f"this CPU does not run {isa}")
-    check(layer_case(p), isa=isa)
+    check_on(isa, layer_case(p))
 
 
 # -------------------------------------------------------------- int16-level layer (iconv)
@@ -735,17 +738,13 @@ IKCONV_CASES = [p for p in ICONV_ALL if _kmajor(p)]
 @pytest.mark.parametrize("isa", ISAS["ikconv"])
 @pytest.mark.parametrize("p", IKCONV_CASES, ids=str)
 def test_ikconv_layer(p, isa):
-    if isa not in HOST_ISAS:
-        pytest.skip(f"this CPU does not run {isa}")
-    check(layer_case(p), isa=isa)
+    check_on(isa, layer_case(p))
 
 
 @pytest.mark.parametrize("isa", ISAS["iconv"])
 @pytest.mark.parametrize("p", ICONV_CASES, ids=str)
 def test_iconv_layer(p, isa):
-    if isa not in HOST_ISAS:
-        pytest.skip(f"this CPU does not run {isa}")
-    check(layer_case(p), isa=isa)
+    check_on(isa, layer_case(p))
 
 
 # ----------------------------------------------------------------- float layer (fconv)
@@ -784,9 +783,7 @@ def test_fconv_layer(p):
 @pytest.mark.parametrize("isa", ISAS["fkconv"])
 @pytest.mark.parametrize("p", FKCONV_CASES, ids=str)
 def test_fkconv_layer(p, isa):
-    if isa not in HOST_ISAS:
-        pytest.skip(f"this CPU does not run {isa}")
-    check(layer_case(p), isa=isa)
+    check_on(isa, layer_case(p))
 
 
 # ------------------------------------------------------------------- layers feeding layers
@@ -1051,9 +1048,7 @@ def quant_case(p: QuantCase) -> Case:
 @pytest.mark.parametrize("isa", ISAS["quantize"])
 @pytest.mark.parametrize("p", QUANT_CASES, ids=str)
 def test_quantize(p, isa):
-    if isa not in HOST_ISAS:
-        pytest.skip(f"this CPU does not run {isa}")
-    check(quant_case(p), isa=isa)
+    check_on(isa, quant_case(p))
 
 
 def test_quantize_round_follows_qonnx_float32_formula():

@@ -145,3 +145,16 @@ def test_non_editable_install_ships_templates(tmp_path):
     subprocess.run([sys.executable, "-c", code, str(MODEL), str(tmp_path / "out"), str(target)],
                    check=True, cwd=tmp_path, env=env)
     assert (tmp_path / "out" / "model.c").exists()
+
+
+def test_same_model_same_flags_byte_identical_c(tmp_path):
+    """Compiling twice, in processes with different hash seeds, writes byte-identical files."""
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"out{seed}"
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        subprocess.run([sys.executable, "-m", "qcc.cli", "compile", str(MODEL), "-o", str(out), "--name", "digits"],
+                       check=True, env=env, capture_output=True)
+        outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert outs[0].keys() == {"digits.c", "digits.h", "qcc_rt.h"}
+    assert outs[0] == outs[1]

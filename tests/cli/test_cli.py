@@ -158,3 +158,18 @@ def test_same_model_same_flags_byte_identical_c(tmp_path):
         outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert outs[0].keys() == {"digits.c", "digits.h", "qcc_rt.h"}
     assert outs[0] == outs[1]
+
+
+def test_session_run_rejects_bad_feeds():
+    """run() names the input and what it expected: missing, unknown, wrong dtype, wrong shape."""
+    from qcc import InferenceSession, QccError
+
+    s = InferenceSession(str(MODEL))
+    x = np.load(INPUTS)["x"][:2]
+    cases = [({}, "missing input 'input'"), ({"input": x, "other": x}, "unknown input"),
+             ({"input": x.astype(np.float64)}, "dtype float64"), ({"input": x.reshape(2, 1, 4, 16)}, "has shape")]
+    for feeds, msg in cases:
+        with pytest.raises(QccError, match=msg):
+            s.run(None, feeds)
+    with pytest.raises(QccError, match="unknown output"):
+        s.run(["nope"], {"input": x})

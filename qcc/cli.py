@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 
+from qcc.codegen.targets import TARGETS
 from qcc.errors import QccError
 
 
@@ -97,7 +98,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("model")
     c.add_argument("-o", "--out", default="build", help="output directory (default: build)")
     c.add_argument("--name", default="model", help="prefix of every public C symbol (default: model)")
-    c.add_argument("--target", default="native", help="native | scalar | avx2 (native: the best this machine runs)")
+    c.add_argument("--target", default="native",
+                   help="; ".join(f"{t.name}: {t.help}" for t in TARGETS.values()) + " (default: native)")
     c.add_argument("--force", action="store_true", help="overwrite files qcc did not write")
     c.set_defaults(fn=_compile)
 

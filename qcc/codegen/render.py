@@ -36,7 +36,7 @@ def cfloat(v) -> str:
     return f"{f.hex()}f" if f != int(f) or abs(f) >= 1 << 24 else f"{int(f)}.0f"
 
 
-def _env() -> jinja2.Environment:
+def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader([str(KERNEL_DIR), str(RUNTIME_DIR)]),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
@@ -356,7 +356,7 @@ def render(graph: Graph, name: str = "model", source: str = "", isa: str = "scal
         t = graph.tensors[o]
         outputs.append((o, off, t.size, ptr(o, True)))
         off += t.size
-    env = _env()
+    env = environment()
     kernels = [env.get_template(k.template).render(**k.variables()) for k in u.kernels.values()]
     inputs = [(i, graph.tensors[i]) for i in graph.inputs]
     onames = graph.meta.get("output_names", {})

@@ -242,9 +242,9 @@ def popcount_ceiling(isa: str, seconds: float = 0.3) -> float | None:
     import cffi
 
     from qcc.codegen.build import CFLAGS, cache_dir
-    from qcc.codegen.render import RUNTIME_DIR, _env
+    from qcc.codegen.render import RUNTIME_DIR, environment
 
-    tile = _env().from_string('{% import "popcount_avx2.c.j2" as p %}{{ p.tile("qcc_ceiling", "xor", 2) }}').render()
+    tile = environment().from_string('{% import "popcount_avx2.c.j2" as p %}{{ p.tile("qcc_ceiling", "xor", 2) }}').render()
     source = f"""
 #include "qcc_rt.h"
 #include <immintrin.h>

@@ -1419,7 +1419,7 @@ def test_every_declared_variant_is_exercised():
 
 
 def _standalone(spec: KernelSpec) -> str:
-    env = render_mod._env()
+    env = render_mod.environment()
     body = env.get_template(spec.template).render(**spec.variables())
     simd = {"avx2": "#include <immintrin.h>\n"}.get(spec.isa, "")
     return ('#include "qcc_rt.h"\n' + simd + body +

@@ -92,6 +92,12 @@ class InferenceSession:
         self.graph, self.lowered = lower_model(model, batch=1)
         self.sources: Sources = render(self.lowered, name, _source_name(model), isa=self.isa, profile=profile)
         self._ffi, self._lib = build(self.sources, name, profile=profile)
+        if not getattr(self._lib, f"{name}_cpu_supported")():  # the C's own CPUID check, at run time
+            if target != "native":
+                raise QccError(f"target '{target}' cannot run on this CPU (the {self.isa} kernels' CPU check failed)")
+            self.isa = "scalar"
+            self.sources = render(self.lowered, name, _source_name(model), isa=self.isa, profile=profile)
+            self._ffi, self._lib = build(self.sources, name, profile=profile)
         self._run = getattr(self._lib, f"{name}_run")
         self._profile = getattr(self._lib, f"{name}_profile_read", None)
         self.calls = [n for n in self.lowered.nodes if n.op != "reshape"]

@@ -85,7 +85,8 @@ def _compile(sources: Sources, name: str, module: str, flags: list[str], final: 
         (tmp / f"{name}.h").write_text(sources.h)
         shutil.copy(RUNTIME_DIR / "qcc_rt.h", tmp / "qcc_rt.h")
         ffi = cffi.FFI()
-        ffi.cdef(f"int {name}_run(const float *input, float *output, void *arena);")
+        ffi.cdef(f"int {name}_run(const float *input, float *output, void *arena);\n"
+                 f"int {name}_cpu_supported(void);")
         harness = f'#include "{name}.h"\n'
         if profile:
             ffi.cdef(f"void {name}_profile_read(double *out, int n);")

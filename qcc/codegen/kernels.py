@@ -78,6 +78,15 @@ KERNELS: tuple[KernelSpec, ...] = (
       for op in ("add", "sub", "mul", "div") for bcast in ("none", "a", "b")),
     _k("mean", "f32"),
     _k("concat", "f32"),
+    # aarch64 NEON (Armv8-A): packing, the plane GEMMs, the int16 and float convs
+    _k("quantize", "sign_bits", "neon", mode="sign", out="bits"),
+    _k("quantize", "round_i16", "neon", mode="round", out="i16"),
+    _k("quantize", "round_bits", "neon", mode="round", out="bits"),
+    *(_k("bgemm", f"pm1xpm1_{out}", "neon", mr=2, nr=4, out=out, max_taps=MAX_TAPS) for out in OUTS),
+    *(_k("pgemm", f"planes_{out}", "neon", mr=2, nr=4, out=out, max_taps=MAX_TAPS) for out in OUTS),
+    *(_k("iconv", f"i16_{out}", "neon", nr=4, out=out) for out in OUTS),
+    *(_k("ikconv", f"i16_{out}", "neon", nr=32, out=out, max_k2=MAX_K2) for out in OUTS),
+    _k("fkconv", "f32_f32", "neon", nr=32, max_k=MAX_K),
 )
 
 

@@ -22,6 +22,7 @@ from qcc.ir.kernels_ref import pack_bits, plane_words
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 SIMD_MAX_THRESHOLDS = 15  # up to 4-bit outputs: more thresholds are binary-searched per channel
+SIMD_ISAS = ("avx2", "neon")  # ISAs whose output transforms read the thresholds level-major (thr_by_level)
 CTYPES = {"f32": "float", "i16": "int16_t", "bits": "uint64_t"}
 ROUNDING = {"ROUND": "QCC_ROUND", "CEIL": "QCC_CEIL", "FLOOR": "QCC_FLOOR", "UP": "QCC_UP",
             "DOWN": "QCC_DOWN", "HALF_UP": "QCC_HALF_UP", "HALF_DOWN": "QCC_HALF_DOWN"}
@@ -179,7 +180,7 @@ def _transform(u: Unit, pre: str, a) -> str:
                       f"thresholds [{t.thr.shape[0]}][{t.thr.shape[1]}] on the accumulator")
         sign = u.array(f"{pre}_sign", "int8_t", t.sign)
         by_level = "NULL"
-        if u.isa != "scalar" and t.thr.shape[1] <= SIMD_MAX_THRESHOLDS:  # compared for 4 channels at once
+        if u.isa in SIMD_ISAS and t.thr.shape[1] <= SIMD_MAX_THRESHOLDS:  # compared for 4 channels at once
             by_level = u.array(f"{pre}_thr_by_level", "int32_t", np.clip(t.thr, -(1 << 31), (1 << 31) - 1).T,
                                "the thresholds level-major, for the SIMD output transform")
         u.structs.append(f"static const qcc_thresholds {pre}_out = {{ /* thr, sign, nthr, lo, step, planes, by level */\n"

@@ -35,6 +35,8 @@ def write_bundle(sources: Sources, name: str, out: Path, harness: bool = False) 
 def build_program(sources: Sources, name: str, target: Target, work: Path,
                   extra_cflags: tuple[str, ...] = ()) -> Path:
     """Compile the bundle and its harness for ``target`` in directory ``work``; the program's path."""
+    if not target.hosted:
+        raise QccError(f"target '{target.name}' is bare metal: the harness needs an OS (see examples/firmware/)")
     missing = target.missing()
     if missing:
         raise QccError(f"target '{target.name}' needs {', '.join(missing)}, which this machine does not have")

@@ -22,6 +22,7 @@ class Target:
     runner: tuple[str, ...] = ()   # how to run a harness program here, e.g. ("qemu-aarch64",)
     size: str = "size"             # binutils size for text/data/bss reports
     help: str = ""
+    hosted: bool = True            # False: bare metal, no harness (see examples/firmware/)
 
     def missing(self) -> list[str]:
         """The tools this target's build-and-run needs that this machine does not have."""
@@ -34,6 +35,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("avx2", "avx2", help="x86-64 with AVX2 (kernels carry their own target attributes)"),
     Target("neon", "neon", cc="aarch64-linux-gnu-gcc", cflags=("-static",), runner=("qemu-aarch64",),
            size="aarch64-linux-gnu-size", help="aarch64 (Armv8-A) with NEON"),
+    Target("cortex-m", "scalar", cc="arm-none-eabi-gcc", cflags=("-mcpu=cortex-m4", "-mthumb", "-ffreestanding"),
+           size="arm-none-eabi-size", hosted=False,
+           help="Arm Cortex-M (Thumb-2, bare metal): the portable kernels; examples/firmware/ runs them"),
 )}
 
 

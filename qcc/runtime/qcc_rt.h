@@ -67,28 +67,45 @@ typedef struct {
     int32_t n, h, w, c, oh, ow, kh, kw, sh, sw, pt, pl, pb, pr, count_include_pad;
 } qcc_pool_geom;
 
+/* Population count of a 64-bit word. GCC and Clang's builtin is one instruction where the
+ * ISA has one (x86 POPCNT, NEON VCNT); 32-bit Arm without NEON (Cortex-M) has none, and there
+ * the builtin becomes a libgcc call (__popcountdi2, a table walk), so it uses a branch-free
+ * SWAR count on the two 32-bit halves, one multiply in all. Define QCC_SWAR_POPCOUNT to force it. */
+#if !defined(QCC_SWAR_POPCOUNT) && (!(defined(__GNUC__) || defined(__clang__)) || (defined(__arm__) && !defined(__ARM_NEON)))
+#define QCC_SWAR_POPCOUNT 1
+#endif
 static inline int32_t qcc_popcount64(uint64_t v) {
-#if defined(__GNUC__) || defined(__clang__)
-    return (int32_t)__builtin_popcountll(v);
+#if defined(QCC_SWAR_POPCOUNT)
+    uint32_t a = (uint32_t)v, b = (uint32_t)(v >> 32);
+    a = a - ((a >> 1) & 0x55555555u);
+    b = b - ((b >> 1) & 0x55555555u);
+    a = (a & 0x33333333u) + ((a >> 2) & 0x33333333u);
+    b = (b & 0x33333333u) + ((b >> 2) & 0x33333333u);
+    a = (a + (a >> 4)) & 0x0F0F0F0Fu;  /* four byte counts, each <= 8 */
+    b = (b + (b >> 4)) & 0x0F0F0F0Fu;
+    return (int32_t)(((a + b) * 0x01010101u) >> 24);  /* the byte sums, <= 64, in the top byte */
 #else
-    v = v - ((v >> 1) & 0x5555555555555555ULL);
-    v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
-    v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
-    return (int32_t)((v * 0x0101010101010101ULL) >> 56);
+    return (int32_t)__builtin_popcountll(v);
 #endif
 }
 
-/* Rounding without libm, for values already clamped to a small integer range (|v| < 2^62).
- * Signed zeros follow IEEE and numpy: floor(-0.0) = -0.0, trunc(-0.3) = -0.0, |-0.0| = +0.0,
- * sign(-0.0) = +0.0; NaN passes through sign. */
+/* Rounding without libm, in 32-bit integers (no 64-bit conversions: on Cortex-M those are
+ * libgcc calls). A float of magnitude >= 2^23 is an integer already, and so are the
+ * infinities: floor and trunc return them, and NaN, unchanged; below that, int32 truncation
+ * is exact. Signed zeros follow IEEE and numpy: floor(-0.0) = -0.0, trunc(-0.3) = -0.0,
+ * |-0.0| = +0.0, sign(-0.0) = +0.0; NaN passes through sign. */
+#define QCC_F32_INTEGRAL 8388608.0f /* 2^23: every float this large is an integer */
+static inline int qcc_f32_small(float v) { return v < QCC_F32_INTEGRAL && v > -QCC_F32_INTEGRAL; }  /* false for NaN */
 static inline float qcc_floorf(float v) {
-    float t = (float)(int64_t)v;
+    if (!qcc_f32_small(v)) return v;
+    float t = (float)(int32_t)v;
     if (t > v) return t - 1.0f;
     return t == 0.0f ? v * 0.0f : t;
 }
 static inline float qcc_ceilf(float v) { return -qcc_floorf(-v); }
 static inline float qcc_truncf(float v) {
-    float t = (float)(int64_t)v;
+    if (!qcc_f32_small(v)) return v;
+    float t = (float)(int32_t)v;
     return t == 0.0f ? v * 0.0f : t;
 }
 static inline float qcc_signf(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : (v == 0.0f ? 0.0f : v)); }
@@ -99,8 +116,9 @@ static inline float qcc_absf(float v) {
     return b.f;
 }
 static inline float qcc_round_half_even(float v) {
+    if (!qcc_f32_small(v)) return v;
     float f = qcc_floorf(v), d = v - f;  /* exact: f and v are within 1 */
-    float r = d > 0.5f ? f + 1.0f : (d < 0.5f ? f : (((int64_t)f & 1) ? f + 1.0f : f));
+    float r = d > 0.5f ? f + 1.0f : (d < 0.5f ? f : (((int32_t)f & 1) ? f + 1.0f : f));
     return r == 0.0f ? v * 0.0f : r;
 }
 

@@ -52,14 +52,15 @@ def build_program(sources: Sources, name: str, target: Target, work: Path,
 
 
 def run_program(exe: Path, target: Target, x: np.ndarray, output_size: int,
-                wrapper: tuple[str, ...] = (), timeout: float = 600) -> np.ndarray:
+                wrapper: tuple[str, ...] = (), timeout: float = 600, arena: Path | None = None) -> np.ndarray:
     """Run the harness on float32 samples ``x`` (one per row, flattened); outputs, one row each.
-    ``wrapper`` prefixes the command (valgrind, say); the target's emulator comes after it."""
+    ``wrapper`` prefixes the command (valgrind, say); the target's emulator comes after it.
+    With ``arena``, the harness writes the arena's bytes after each sample to that file."""
     x = np.ascontiguousarray(x, dtype="<f4").reshape(len(x), -1)
     work = Path(exe).parent
     fin, fout = work / "in.bin", work / "out.bin"
     fin.write_bytes(x.tobytes())
-    r = subprocess.run([*wrapper, *target.runner, str(exe), str(fin), str(fout)],
+    r = subprocess.run([*wrapper, *target.runner, str(exe), str(fin), str(fout), *([str(arena)] if arena else [])],
                        capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise QccError(f"{exe.name} failed with status {r.returncode}: {r.stderr.strip()[-500:]}")

@@ -633,6 +633,8 @@ BGEMM_CASES = (
 
 
 HOST_ISAS = ["scalar"] + (["avx2"] if host_isa() == "avx2" else [])
+NEON = "neon"
+CROSS_ISAS = (NEON,)  # variants checked through build_program / run_program under qemu, not cffi
 
 
 def check_on(isa: str, case: Case) -> None:
@@ -643,7 +645,12 @@ def check_on(isa: str, case: Case) -> None:
 ISAS = {family: sorted({k.isa for k in KERNELS if k.family == family}) for family in {k.family for k in KERNELS}}
 
 
-@pytest.mark.parametrize("isa", ISAS["bgemm"])
+def host_param(family: str) -> list[str]:
+    """The family's ISAs checked here through cffi; cross ISAs (neon) run under qemu (test_neon_variants)."""
+    return [isa for isa in ISAS[family] if isa not in CROSS_ISAS]
+
+
+@pytest.mark.parametrize("isa", host_param("bgemm"))
 @pytest.mark.parametrize("p", BGEMM_CASES, ids=str)
 def test_bgemm_layer(p, isa):
     """Every variant of the family (scalar, and the SIMD ones this CPU runs) against the oracle."""
@@ -695,7 +702,7 @@ PGEMM_CASES = (
 )
 
 
-@pytest.mark.parametrize("isa", ISAS["pgemm"])
+@pytest.mark.parametrize("isa", host_param("pgemm"))
 @pytest.mark.parametrize("p", PGEMM_CASES, ids=str)
 def test_pgemm_layer(p, isa):
     check_on(isa, layer_case(p))
@@ -735,13 +742,13 @@ ICONV_CASES = [p for p in ICONV_ALL if not _kmajor(p)]
 IKCONV_CASES = [p for p in ICONV_ALL if _kmajor(p)]
 
 
-@pytest.mark.parametrize("isa", ISAS["ikconv"])
+@pytest.mark.parametrize("isa", host_param("ikconv"))
 @pytest.mark.parametrize("p", IKCONV_CASES, ids=str)
 def test_ikconv_layer(p, isa):
     check_on(isa, layer_case(p))
 
 
-@pytest.mark.parametrize("isa", ISAS["iconv"])
+@pytest.mark.parametrize("isa", host_param("iconv"))
 @pytest.mark.parametrize("p", ICONV_CASES, ids=str)
 def test_iconv_layer(p, isa):
     check_on(isa, layer_case(p))
@@ -780,7 +787,7 @@ def test_fconv_layer(p):
     check(layer_case(p))
 
 
-@pytest.mark.parametrize("isa", ISAS["fkconv"])
+@pytest.mark.parametrize("isa", host_param("fkconv"))
 @pytest.mark.parametrize("p", FKCONV_CASES, ids=str)
 def test_fkconv_layer(p, isa):
     check_on(isa, layer_case(p))
@@ -1045,7 +1052,7 @@ def quant_case(p: QuantCase) -> Case:
     return Case(chain, np.ascontiguousarray(x.transpose(TO_NCHW)), expect=expect)
 
 
-@pytest.mark.parametrize("isa", ISAS["quantize"])
+@pytest.mark.parametrize("isa", host_param("quantize"))
 @pytest.mark.parametrize("p", QUANT_CASES, ids=str)
 def test_quantize(p, isa):
     check_on(isa, quant_case(p))
@@ -1421,7 +1428,7 @@ def test_every_declared_variant_is_exercised():
 def _standalone(spec: KernelSpec) -> str:
     env = render_mod.environment()
     body = env.get_template(spec.template).render(**spec.variables())
-    simd = {"avx2": "#include <immintrin.h>\n"}.get(spec.isa, "")
+    simd = {"avx2": "#include <immintrin.h>\n", "neon": "#include <arm_neon.h>\n"}.get(spec.isa, "")
     return ('#include "qcc_rt.h"\n' + simd + body +
             f"void (*const keep_{spec.name})(void) = (void (*)(void)){spec.name};\n")
 
@@ -1437,9 +1444,12 @@ EW_ALL = KernelSpec("ew", "f32_all", params=(
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
 @pytest.mark.parametrize("spec", list(KERNELS) + [EW_ALL], ids=lambda k: k.name)
 def test_variant_compiles_freestanding_without_warnings(spec, tmp_path):
+    cc = {"neon": "aarch64-linux-gnu-gcc"}.get(spec.isa, "gcc")  # cross variants: the target's compiler
+    if shutil.which(cc) is None:
+        pytest.skip(f"{cc} not installed")
     src = tmp_path / f"{spec.name}.c"
     src.write_text(_standalone(spec))
-    r = subprocess.run(["gcc", "-std=c99", "-ffreestanding", "-Wall", "-Wextra", "-Werror", "-pedantic",
+    r = subprocess.run([cc, "-std=c99", "-ffreestanding", "-Wall", "-Wextra", "-Werror", "-pedantic",
                         "-I", str(RUNTIME_DIR), "-c", str(src), "-o", str(tmp_path / "k.o")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -1457,3 +1467,129 @@ def test_rendered_models_compile_without_warnings(tmp_path):
                             str(tmp_path / f"{MODEL}.c"), "-o", str(tmp_path / f"{MODEL}{i}.o")],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
+
+
+# ================================================================ NEON (aarch64, under qemu)
+#
+# cffi cannot load aarch64 code, so the NEON variants run as standalone programs: the cases of a
+# suite are merged into one graph (case i's tensors prefixed "c<i>_", its input the i-th model
+# input, its output the i-th model output), rendered for neon, cross-built with the neon target's
+# compiler (qcc.codegen.program.build_program) and run once under qemu-aarch64; the harness writes
+# the outputs and the arena after the run. Every computed tensor of every case is kept alive to
+# the end of the merged graph, so, as on the host, the graph outputs and every intermediate tensor
+# (bits word for word with the tail bits, int16 exactly, floats within the case's tolerance) are
+# compared with the numpy oracle run on the same merged graph. Families without a NEON variant
+# run their scalar kernels, compiled for aarch64. The arena is pre-filled with 0xA5 (one fill).
+
+
+
+def merged(cases: list[Case]) -> Graph:
+    """One graph computing every case side by side, each case's tensors kept alive to the end."""
+    tensors: dict[str, Tensor] = {}
+    nodes: list[Node] = []
+    keeps: list[Node] = []
+    inputs, outputs = [], []
+    for i, case in enumerate(cases):
+        ch = case.chain
+
+        def ren(n, i=i):
+            return f"c{i}_{n}"
+        for name, t in ch.tensors.items():
+            tensors[ren(name)] = t.with_(name=ren(name))
+        for n in ch.nodes:
+            nodes.append(Node(n.op, tuple(map(ren, n.inputs)), tuple(map(ren, n.outputs)), n.attrs, ren(n.name)))
+            o = n.outputs[0]
+            if n.op != "reshape" and o != ch.cur:
+                keep = ren(o) + "__keep"
+                tensors[keep] = tensors[ren(o)].with_(name=keep)
+                keeps.append(Node("reshape", (ren(o),), (keep,), ReshapeAttrs(ch.tensors[o].shape), f"keep_{ren(o)}"))
+        inputs.append(ren("x"))
+        outputs.append(ren(ch.cur))
+    return Graph(tuple(nodes + keeps), tensors, tuple(inputs), tuple(outputs), "neon_batch")
+
+
+def run_neon(cases: list[Case], work) -> None:
+    """The cases as one merged graph, built for neon and run under qemu, against the oracle."""
+    from qcc.codegen.program import build_program, run_program
+    from qcc.codegen.targets import TARGETS
+    target = TARGETS[NEON]
+    missing = target.missing()
+    if missing:
+        pytest.skip(f"the neon target needs {', '.join(missing)}")
+    g = plan_memory(merged(cases)).graph
+    feeds = {f"c{i}_x": np.asarray(c.x, F32) for i, c in enumerate(cases)}
+    env = interp.run(g, feeds, keep_all=True)
+    src = render(g, MODEL, isa=NEON)
+    exe = build_program(src, MODEL, target, work)
+    x = np.concatenate([feeds[n].reshape(-1) for n in g.inputs])[None]
+    out_size = sum(g.tensors[o].size for o in g.outputs)
+    arena_file = work / "arena.bin"
+    y = run_program(exe, target, x, out_size, arena=arena_file, timeout=300)[0]
+    arena = np.frombuffer(arena_file.read_bytes(), np.uint8)
+    assert arena.size == g.meta["arena_size"], f"arena dump {arena.size} bytes, arena {g.meta['arena_size']}"
+    off, checked = 0, set()
+    for i, (case, o) in enumerate(zip(cases, g.outputs)):
+        t = g.tensors[o]
+        _compare(f"case {i}: graph output", y[off:off + t.size].reshape(t.shape), env[o], t, case.rtol, case.atol)
+        off += t.size
+    for name, at in g.meta["arena"].items():
+        if name.endswith("__keep"):
+            continue
+        t = g.tensors[name]
+        i = int(name[1:name.index("_")])
+        got = arena[at:at + nbytes(t)].view({"bits": "<u8", "i16": "<i2", "f32": F32}[t.dtype]).reshape(storage_shape(t))
+        _compare(f"case {i} ({cases[i].chain.nodes[0].name}...): tensor '{name}'", got, env[name], t,
+                 cases[i].rtol, cases[i].atol)
+        checked.add(name)
+    computed = {o for n in g.nodes if n.op != "reshape" for o in n.outputs}
+    assert computed <= checked | set(g.outputs), f"tensors not read back: {sorted(computed - checked)[:5]}"
+    ks = _kernels_of(src.c)
+    assert any(k.endswith("__neon") for k in ks) or not any(k.isa == NEON for k in KERNELS), sorted(ks)
+
+
+def neon_quant_formula_cases() -> list[Case]:
+    """Values one ulp off ties under every rounding mode, eight channels (the NEON lanes, not the
+    scalar tail), to int16 levels and to bit planes: kernel and oracle follow QONNX's float32
+    formulas (|x| + 0.5 in float32, not exact maths)."""
+    h = np.nextafter(F32(0.5), F32(0))
+    v = np.array([h, -h, np.nextafter(F32(1.5), F32(2)), 2.5, -2.5, -0.5, 0.5, -1.5], F32)
+    xs = np.ascontiguousarray(np.tile(v, (1, 2, 2, 1)).transpose(TO_NCHW))
+    cases = []
+    for mode in ROUNDINGS:
+        for out, spec, zero in (("i16", QuantSpec(-4, 3), 0.0), ("bits", GRIDS["u2"], 1.0)):
+            attrs = QuantizeAttrs("round", spec, scale=np.array(1.0, F32), zero=np.array(zero, F32),
+                                  clamp=(float(spec.lo + zero), float(spec.hi + zero)), rounding=mode, out=out)
+            chain = Chain(xs.shape).nhwc().quantize(attrs)
+            chain.unpack()
+            cases.append(Case(chain.nchw(), xs))
+    return cases
+
+
+# Grouped int16 convs whose 4-channel output blocks straddle a 64-bit word of the output planes
+# (65 channels per group): the NEON output transform writes such a block into two words.
+ICONV_WORD_EDGE = [ConvCase("i8", "w8", 130, 130, hw=(3, 3), group=2, out="pm1"),
+                   ConvCase("i8", "w8", 20, 130, hw=(3, 3), group=2, out="u2")]
+
+NEON_SUITES = {
+    "bgemm": [(layer_case, BGEMM_CASES)],
+    "pgemm": [(layer_case, PGEMM_CASES)],
+    "iconv": [(layer_case, ICONV_CASES), (layer_case, IKCONV_CASES), (layer_case, ICONV_WORD_EDGE)],
+    "fconv": [(layer_case, FCONV_CASES), (layer_case, FKCONV_CASES)],
+    "quantize": [(quant_case, QUANT_CASES), (None, neon_quant_formula_cases)],
+    "other": [(pool_case, POOL_CASES), (unpack_case, UNPACK_CASES), (ew_case, EW_CASES), (ew2_case, EW2_CASES),
+              (concat_case, CONCAT_CASES), (softmax_case, SOFTMAX_CASES), (transpose_case, TRANSPOSE_CASES)],
+}
+
+
+def test_neon_suites_cover_every_suite():
+    """The NEON runs take every case of every suite the host runs (so the coverage test's neon
+    renders are the programs that run)."""
+    listed = {id(cases) for parts in NEON_SUITES.values() for _, cases in parts}
+    assert {id(cases) for _, cases in SUITES} <= listed
+
+
+@pytest.mark.parametrize("suite", list(NEON_SUITES))
+def test_neon_variants(suite, tmp_path):
+    """Every case of the suite, in one aarch64 program under qemu, against the oracle."""
+    cases = [c for make, cs in NEON_SUITES[suite] for c in (cs() if make is None else [make(p) for p in cs])]
+    run_neon(cases, tmp_path)

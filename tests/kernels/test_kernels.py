@@ -227,8 +227,7 @@ def run_c(g: Graph, x: np.ndarray, cflags: tuple[str, ...] = (), isa: str = "sca
     ffi, lib = build(render(g, MODEL, isa=isa), MODEL, cflags)
     run = getattr(lib, f"{MODEL}_run")
     size = g.meta["arena_size"]
-    (out_name,) = g.outputs
-    out_t = g.tensors[out_name]
+    out_size = sum(g.tensors[o].size for o in g.outputs)  # several outputs: concatenated, flat
     results = []
     for fill in FILLS:
         buf = np.full(size + 2 * GUARD + 64, fill, np.uint8)
@@ -236,14 +235,14 @@ def run_c(g: Graph, x: np.ndarray, cflags: tuple[str, ...] = (), isa: str = "sca
         arena = buf[start:start + size]
         ptr = ffi.cast("char *", ffi.from_buffer("char[]", buf)) + start
         inp = np.ascontiguousarray(x, F32).reshape(-1).copy()
-        out = np.full(out_t.size, np.nan, F32)
+        out = np.full(out_size, np.nan, F32)
         rc = run(ffi.from_buffer("float[]", inp), ffi.from_buffer("float[]", out), ptr)
         assert rc == 0, f"{MODEL}_run returned {rc}"
         assert (buf[:start] == fill).all(), "written before the arena"
         assert (buf[start + size:] == fill).all(), "written past the arena"
         assert np.array_equal(inp.view(np.uint32), np.ascontiguousarray(x, F32).reshape(-1).view(np.uint32)), \
             "the input buffer was modified"
-        got = {"OUTPUT": out.reshape(out_t.shape)}
+        got = {"OUTPUT": out.reshape(g.tensors[g.outputs[0]].shape) if len(g.outputs) == 1 else out}
         for name, off in g.meta["arena"].items():
             t = g.tensors[name]
             if name.endswith("__keep"):
@@ -1480,6 +1479,7 @@ def test_rendered_models_compile_without_warnings(tmp_path):
 # (bits word for word with the tail bits, int16 exactly, floats within the case's tolerance) are
 # compared with the numpy oracle run on the same merged graph. Families without a NEON variant
 # run their scalar kernels, compiled for aarch64. The arena is pre-filled with 0xA5 (one fill).
+# The same merged graph built for the host (scalar C, cffi) must give the same bytes, floats too.
 
 
 
@@ -1545,6 +1545,19 @@ def run_neon(cases: list[Case], work) -> None:
     assert computed <= checked | set(g.outputs), f"tensors not read back: {sorted(computed - checked)[:5]}"
     ks = _kernels_of(src.c)
     assert any(k.endswith("__neon") for k in ks) or not any(k.isa == NEON for k in KERNELS), sorted(ks)
+    # x86 and aarch64 give the same bits: the host's scalar build of the same graph (the reference C;
+    # the host's SIMD variants are held to the oracle by the tests above), every output and arena
+    # byte of the tensors, floats included (no FMA, no libm, the same op order)
+    host = run_c(g, x[0], isa="scalar")[0]
+    bad = np.flatnonzero(host["OUTPUT"].reshape(-1).view(np.uint32) != y.view(np.uint32))
+    if bad.size:
+        i = int(np.searchsorted(np.cumsum([g.tensors[o].size for o in g.outputs]), bad[0], side="right"))
+        raise AssertionError(f"case {i}: {bad.size} output floats differ between aarch64 and x86, e.g. "
+                             f"{y[bad[0]]!r} != {host['OUTPUT'].reshape(-1)[bad[0]]!r}")
+    for name in checked:
+        at = g.meta["arena"][name]
+        assert host[name].tobytes() == arena[at:at + nbytes(g.tensors[name])].tobytes(), \
+            f"tensor '{name}': aarch64 bytes != x86 bytes"
 
 
 def neon_quant_formula_cases() -> list[Case]:

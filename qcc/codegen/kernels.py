@@ -48,6 +48,8 @@ OUTS = ("f32", "bits", "i16")
 KERNELS: tuple[KernelSpec, ...] = (
     _k("transpose", "nchw2nhwc_f32", to_nhwc=True),
     _k("transpose", "nhwc2nchw_f32", to_nhwc=False),
+    _k("transpose", "nchw2nhwc_f32", "avx2", mr=8, nr=8, to_nhwc=True),
+    _k("transpose", "nhwc2nchw_f32", "avx2", mr=8, nr=8, to_nhwc=False),
     *(_k("quantize", f"{mode}_{out}", mode=mode, out=out)
       for mode in ("round", "sign", "ternary", "thr") for out in OUTS),
     _k("quantize", "sign_bits", "avx2", mode="sign", out="bits"),
@@ -73,6 +75,8 @@ KERNELS: tuple[KernelSpec, ...] = (
     _k("unpack", "bits_f32", src="bits", dst="f32"),
     _k("unpack", "bits_i16", src="bits", dst="i16"),
     _k("unpack", "i16_f32", src="i16", dst="f32"),
+    *(_k("unpack", f"{src}_{dst}", "avx2", nr=8, src=src, dst=dst)
+      for src, dst in (("bits", "f32"), ("bits", "i16"), ("i16", "f32"))),
     _k("softmax", "f32"),
     *(_k("ew2", f"{op}_{bcast}_f32", op=op, bcast=bcast)
       for op in ("add", "sub", "mul", "div") for bcast in ("none", "a", "b")),

@@ -20,6 +20,7 @@ def _compile(args) -> int:
 
     b = api.compile(args.model, args.out, target=args.target, name=args.name, force=args.force)
     print(f"wrote {b.c}, {b.h}, {b.runtime} (arena {b.arena_size} bytes)")
+    print(_size_line(args))
     return 0
 
 
@@ -70,7 +71,35 @@ def _inspect(args) -> int:
     graph, low = api.lower_model(args.model)
     unpruned = api.lower_model(args.model, skip=("remove_dead_channels",))[1] if low.meta.get("dead_channels") else None
     print(layer_table(graph, low, unpruned))
+    if args.size:
+        print()
+        print(_size_report(args.model, low, [args.target] if args.target else None).format())
     return 0
+
+
+def _size_report(model, low, targets, name="model"):
+    from qcc.codegen.size import size_report
+
+    fp32 = None
+    try:  # the fp32 twin's initializers, for scale; the report stands without them
+        from onnx import numpy_helper
+
+        from qcc.frontend.twins import float_twin
+        fp32 = int(sum(numpy_helper.to_array(t).nbytes for t in float_twin(model).graph.initializer))
+    except Exception:
+        pass
+    return size_report(low, targets, name=name, source=os.path.basename(os.fspath(model)), fp32_model_bytes=fp32)
+
+
+def _size_line(args) -> str:
+    """``qcc compile``'s last line: the bundle's object size for its target, weights and arena ratios."""
+    from qcc import api
+    from qcc.codegen.size import summary_line
+
+    try:
+        return summary_line(_size_report(args.model, api.lower_model(args.model)[1], [args.target], args.name))
+    except QccError as e:
+        return f"size: not measured: {e}"
 
 
 def _bench(args) -> int:
@@ -114,6 +143,10 @@ def parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="per-layer table: op, shapes, bits, MACs, bytes, arena")
     i.add_argument("model")
+    i.add_argument("--size", action="store_true",
+                   help="also the compiled object's text/rodata/data/bss per target (with the target's size tool), "
+                        "weights vs fp32 and arena vs all activations")
+    i.add_argument("--target", choices=list(TARGETS), help="with --size: only this target (default: all but native)")
     i.set_defaults(fn=_inspect)
 
     b = sub.add_parser("bench", help="time qcc against onnxruntime fp32 and int8 twins (ratios, one process)")

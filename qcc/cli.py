@@ -18,7 +18,10 @@ from qcc.errors import QccError
 def _compile(args) -> int:
     from qcc import api
 
-    b = api.compile(args.model, args.out, target=args.target, name=args.name, force=args.force)
+    b = api.compile(args.model, args.out, target=args.target, name=args.name, force=args.force,
+                    max_arena=args.max_arena)
+    for note in b.notes:
+        print(f"qcc: {note}")
     print(f"wrote {b.c}, {b.h}, {b.runtime} (arena {b.arena_size} bytes)")
     print(_size_line(args))
     return 0
@@ -36,7 +39,11 @@ def _inputs(args, session) -> dict[str, np.ndarray]:
             key = s.name if s.name in data.files else (data.files[i] if len(specs) == 1 or i < len(data.files) else None)
             if key is None:
                 raise QccError(f"{args.inputs}: no array for input '{s.name}' (has {data.files})")
-            feeds[s.name] = np.asarray(data[key], np.float32)
+            try:
+                feeds[s.name] = np.asarray(data[key], np.float32)
+            except (ValueError, TypeError) as e:
+                raise QccError(f"{args.inputs}: array '{key}' (dtype {data[key].dtype}) cannot be converted to float32 "
+                               f"for input '{s.name}': {' '.join(str(e).split())}")
         return feeds
     rng = np.random.default_rng(args.seed)
     return {s.name: rng.standard_normal([args.samples, *s.shape[1:]]).astype(np.float32) for s in specs}
@@ -47,7 +54,7 @@ def _check(args) -> int:
     from qcc.frontend import reference
     from qcc.frontend.onnx import load_model
 
-    session = api.InferenceSession(args.model, target=args.target)
+    session = api.InferenceSession(args.model, target=args.target, max_arena=args.max_arena)
     feeds = _inputs(args, session)
     got = session.run(None, feeds)
     want = reference.run_reference(load_model(args.model), feeds)
@@ -68,8 +75,9 @@ def _inspect(args) -> int:
     from qcc import api
     from qcc.codegen.inspect import layer_table
 
-    graph, low = api.lower_model(args.model)
-    unpruned = api.lower_model(args.model, skip=("remove_dead_channels",))[1] if low.meta.get("dead_channels") else None
+    graph, low = api.lower_model(args.model, max_arena=args.max_arena)
+    unpruned = (api.lower_model(args.model, skip=("remove_dead_channels",), max_arena=args.max_arena)[1]
+                if low.meta.get("dead_channels") else None)
     print(layer_table(graph, low, unpruned))
     if args.size:
         print()
@@ -119,6 +127,12 @@ def _bench(args) -> int:
     return 0
 
 
+def _max_arena(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-arena", metavar="BYTES",
+                   help="refuse models whose arena, or any tensor as float32, exceeds this (e.g. 64K, 512M; "
+                        "default $QCC_MAX_ARENA or 1G)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qcc", description="Compile quantized ONNX models of low-bit networks into C.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -129,7 +143,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--name", default="model", help="prefix of every public C symbol (default: model)")
     c.add_argument("--target", default="native",
                    help="; ".join(f"{t.name}: {t.help}" for t in TARGETS.values()) + " (default: native)")
-    c.add_argument("--force", action="store_true", help="overwrite files qcc did not write")
+    c.add_argument("--force", action="store_true",
+                   help="write into a directory holding files qcc did not write (only the bundle's files are replaced)")
+    _max_arena(c)
     c.set_defaults(fn=_compile)
 
     k = sub.add_parser("check", help="compile for the host and compare with onnxruntime (exit 1 on mismatch)")
@@ -139,10 +155,12 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to max(1, max |reference|)")
     k.add_argument("--target", default="native")
+    _max_arena(k)
     k.set_defaults(fn=_check)
 
     i = sub.add_parser("inspect", help="per-layer table: op, shapes, bits, MACs, bytes, arena")
     i.add_argument("model")
+    _max_arena(i)
     i.add_argument("--size", action="store_true",
                    help="also the compiled object's text/rodata/data/bss per target (with the target's size tool), "
                         "weights vs fp32 and arena vs all activations")

@@ -7,6 +7,7 @@ processes building at once never see a half-written module.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -75,6 +76,29 @@ def build(sources: Sources, name: str, extra_cflags: tuple[str, ...] = (), profi
     return mod.ffi, mod.lib
 
 
+@contextlib.contextmanager
+def _captured_output(log: Path):
+    """Send what the C compiler prints (to file descriptors 1 and 2) to ``log``, so that a
+    build adds nothing to the program's output; the log stays in the cache entry."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log, "wb") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            try:
+                yield log
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
+
+
 def _compile(sources: Sources, name: str, module: str, flags: list[str], final: Path, profile: bool) -> Path:
     import cffi
 
@@ -93,10 +117,15 @@ def _compile(sources: Sources, name: str, module: str, flags: list[str], final: 
             harness += PROFILE_HARNESS.format(name=name)
         ffi.set_source(module, harness, sources=[str(tmp / f"{name}.c")],
                        include_dirs=[str(tmp)], extra_compile_args=flags)
-        try:
-            ffi.compile(tmpdir=str(tmp), verbose=False)
-        except Exception as e:
-            raise QccError(f"the C compiler failed on the generated code: {str(e).splitlines()[0]}")
+        with _captured_output(tmp / "compiler.log") as log:
+            try:
+                ffi.compile(tmpdir=str(tmp), verbose=False)
+                error = None
+            except Exception as e:
+                error = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if error is not None:
+            first = next((ln.strip() for ln in log.read_text(errors="replace").splitlines() if "error" in ln), "")
+            raise QccError(f"the C compiler failed on the generated code: {error}" + (f" ({first})" if first else ""))
         try:
             os.rename(tmp, final)
         except OSError:  # another process won the race; use its build

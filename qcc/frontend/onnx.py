@@ -32,6 +32,26 @@ from qcc.ir.ops import (BatchNormAttrs, BipolarQuantAttrs, ClipAttrs, ConvAttrs,
 QONNX_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general")
 STANDARD_DOMAINS = ("", "ai.onnx")
 MAX_MODEL_BYTES = 2 << 30
+MAX_TENSOR_BYTES = 1 << 30  # default limit of one tensor (and of the arena): see ``import_model``
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.4g} {unit}"
+    return f"{n} bytes"
+
+
+def check_size(what: str, shape, limit: int, node=None, op=None) -> None:
+    """Refuse a float32 tensor of ``shape`` larger than ``limit`` bytes, before it is allocated.
+    Works in Python integers, so dims whose product overflows int64 are caught too."""
+    count = 1
+    for d in shape:
+        count *= int(d)
+    if 4 * count > limit:
+        size = f"{count:.3g} elements" if count >= 1 << 62 else f"{count} elements ({human_bytes(4 * count)} as float32)"
+        raise QccError(f"{what} of shape {[int(d) for d in shape]} has {size}, above the limit of {human_bytes(limit)} "
+                       f"(raise it with --max-arena or QCC_MAX_ARENA)", node=node, op=op)
 
 
 def load_model(source) -> onnx.ModelProto:
@@ -86,6 +106,7 @@ class _Ctx:
 
     consts: dict[str, np.ndarray]
     example: dict[str, np.ndarray]
+    max_bytes: int = MAX_TENSOR_BYTES
     alias: dict[str, str] = field(default_factory=dict)
     nodes: list[Node] = field(default_factory=list)
     extra_consts: dict[str, np.ndarray] = field(default_factory=dict)
@@ -149,6 +170,9 @@ class _Ctx:
                 env[i] = self.example[i]
             else:
                 raise QccError(f"input '{i}' is never produced (a cycle or a dangling input)", node=n.name, op=n.op)
+        bound = _output_shape_bound(n, env)
+        if bound is not None:
+            check_size(f"output '{n.outputs[0]}'", bound, self.max_bytes, node=n.name, op=n.op)
         try:
             outs = interp.run_node(n, env)
         except QccError:
@@ -156,9 +180,29 @@ class _Ctx:
         except Exception as e:
             raise QccError(f"cannot be evaluated on its input shapes "
                            f"{[list(env[i].shape) for i in n.inputs if i]}: {e}", node=n.name, op=n.op)
+        for o, v in zip(n.outputs, outs):
+            check_size(f"output '{o}'", np.shape(v), self.max_bytes, node=n.name, op=n.op)
         self.example.update(zip(n.outputs, outs))
         if all(self.is_const(i) for i in n.inputs if i):
             self.derived.update(n.outputs)
+
+
+def _output_shape_bound(n: Node, env: dict) -> tuple[int, ...] | None:
+    """The output shape of the ops whose output can be much larger than their inputs, computed
+    without running them (so that huge pads or many concatenated copies are refused first)."""
+    shapes = [np.shape(env[i]) if i else () for i in n.inputs]
+    if n.op in ("Conv", "Pool") and len(shapes[0]) == 4:
+        oh, ow = n.attrs.out_hw(shapes[0][2], shapes[0][3])
+        channels = shapes[1][0] if n.op == "Conv" and len(shapes) > 1 and shapes[1] else shapes[0][1]
+        return (shapes[0][0], channels, oh, ow)
+    if n.op == "Concat":
+        return (sum(int(np.prod(s, dtype=object)) for s in shapes),)
+    if n.op in ("Add", "Sub", "Mul", "Div"):
+        try:
+            return np.broadcast_shapes(*shapes)
+        except ValueError:
+            return None  # the interpreter says why
+    return None
 
 
 def _attrs(node) -> dict:
@@ -188,9 +232,16 @@ def _pads2d(node, a: dict) -> tuple[int, int, int, int]:
     return (p[0], p[1], p[2], p[3])
 
 
+def _constant_weight(ctx: _Ctx, node, index: int = 1) -> None:
+    if len(node.input) > index and node.input[index] and not ctx.is_const(node.input[index]):
+        _refuse(node, f"weight '{node.input[index]}' must be a constant (an initializer, or computed from "
+                      f"initializers only, e.g. a quantized weight); it is computed from a graph input")
+
+
 def _conv(ctx: _Ctx, node) -> None:
     a = _attrs(node)
     _only(node, a, {"kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"})
+    _constant_weight(ctx, node)
     w_shape = ctx.shape(node.input[1])
     if len(w_shape) != 4:
         _refuse(node, f"only 2-D convolutions are supported (weight rank {len(w_shape)})")
@@ -199,9 +250,31 @@ def _conv(ctx: _Ctx, node) -> None:
     if dil != (1, 1):
         _refuse(node, f"dilations={list(dil)} are not supported; only dilation 1")
     group = int(a.get("group", 1))
-    attrs = ConvAttrs(kernel=kernel, strides=tuple(a.get("strides", (1, 1))),
-                      pads=_pads2d(node, a), dilations=dil, group=group)
+    strides = tuple(a.get("strides", (1, 1)))
+    x_shape = ctx.shape(node.input[0])
+    if len(x_shape) != 4:
+        _refuse(node, f"only 2-D convolutions of NCHW inputs are supported (input shape {list(x_shape)})")
+    if kernel != tuple(w_shape[2:]):
+        _refuse(node, f"kernel_shape {list(kernel)} disagrees with the weight's shape {list(w_shape)}")
+    if len(strides) != 2 or min(strides) < 1:
+        _refuse(node, f"strides {list(strides)} are not supported; strides must be two integers >= 1")
+    if group < 1 or w_shape[0] % group:
+        _refuse(node, f"group {group} does not divide the weight's {w_shape[0]} output channels")
+    if w_shape[1] * group != x_shape[1]:
+        _refuse(node, f"the weight of shape {list(w_shape)} (group {group}) takes {w_shape[1] * group} input channels, "
+                      f"the input '{node.input[0]}' has {x_shape[1]} (shape {list(x_shape)})")
+    if len(node.input) > 2 and node.input[2] and ctx.shape(node.input[2]) != (w_shape[0],):
+        _refuse(node, f"bias of shape {list(ctx.shape(node.input[2]))}; expected [{w_shape[0]}] (one per output channel)")
+    attrs = ConvAttrs(kernel=kernel, strides=strides, pads=_pads2d(node, a), dilations=dil, group=group)
+    _nonempty(node, attrs, x_shape)
     ctx.emit("Conv", node, list(node.input[:3]), attrs)
+
+
+def _nonempty(node, attrs, x_shape) -> None:
+    oh, ow = attrs.out_hw(x_shape[2], x_shape[3])
+    if oh < 1 or ow < 1:
+        _refuse(node, f"the output would be empty ({oh}x{ow}): input {x_shape[2]}x{x_shape[3]}, "
+                      f"kernel {list(attrs.kernel)}, pads {list(attrs.pads)}, strides {list(attrs.strides)}")
 
 
 def _gemm(ctx: _Ctx, node) -> None:
@@ -209,6 +282,7 @@ def _gemm(ctx: _Ctx, node) -> None:
     _only(node, a, {"alpha", "beta", "transA", "transB"})
     if a.get("transA", 0):
         _refuse(node, "transA=1 is not supported; only transA=0")
+    _constant_weight(ctx, node)
     alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
     w = node.input[1]
     if not a.get("transB", 0):
@@ -231,6 +305,7 @@ def _gemm(ctx: _Ctx, node) -> None:
 def _matmul(ctx: _Ctx, node) -> None:
     if len(ctx.shape(node.input[0])) != 2 or len(ctx.shape(node.input[1])) != 2:
         _refuse(node, "only MatMul of a 2-D activation by a 2-D constant weight is supported")
+    _constant_weight(ctx, node)
     ctx.emit("Gemm", node, [node.input[0], _transpose_weight(ctx, node, node.input[1])])
 
 
@@ -275,10 +350,15 @@ def _pool(kind: str):
         if tuple(a.get("dilations", (1, 1))) != (1, 1):
             _refuse(node, "dilated pooling is not supported")
         k = tuple(a["kernel_shape"])
-        if len(k) != 2:
-            _refuse(node, "only 2-D pooling is supported")
-        attrs = PoolAttrs(kind, k, tuple(a.get("strides", (1, 1))), _pads2d(node, a),
+        strides = tuple(a.get("strides", (1, 1)))
+        x_shape = ctx.shape(node.input[0])
+        if len(k) != 2 or len(x_shape) != 4:
+            _refuse(node, f"only 2-D pooling of NCHW inputs is supported (kernel {list(k)}, input {list(x_shape)})")
+        if min(k) < 1 or len(strides) != 2 or min(strides) < 1:
+            _refuse(node, f"kernel_shape {list(k)} and strides {list(strides)} must be two integers >= 1")
+        attrs = PoolAttrs(kind, k, strides, _pads2d(node, a),
                           bool(a.get("ceil_mode", 0)), bool(a.get("count_include_pad", 0)))
+        _nonempty(node, attrs, x_shape)
         ctx.emit("Pool", node, node.input[:1], attrs)
     return convert
 
@@ -401,11 +481,15 @@ def _rounding(node, a: dict, default: str) -> str:
     return "ROUND" if mode == "HALF_EVEN" else mode
 
 
+MAX_QUANT_BITS = 16
+
+
 def _quant(ctx: _Ctx, node) -> None:
     a = _attrs(node)
+    _only(node, a, {"signed", "narrow", "rounding_mode"})
     bits = _scalar_int(ctx, node, 3, "bitwidth")
-    if not 1 <= bits <= 16:
-        _refuse(node, f"bit width {bits} is not supported; supported: 1..16")
+    if not 1 <= bits <= MAX_QUANT_BITS:
+        _refuse(node, f"bit width {bits} is not supported; supported: 1..{MAX_QUANT_BITS}")
     attrs = QuantAttrs(scale=ctx.const(node, 1, "scale").astype(np.float32),
                        zero=ctx.const(node, 2, "zeropt").astype(np.float32), bits=bits,
                        signed=bool(a.get("signed", 1)), narrow=bool(a.get("narrow", 0)),
@@ -416,10 +500,12 @@ def _quant(ctx: _Ctx, node) -> None:
 
 def _check_scale(node, scale: np.ndarray) -> None:
     if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-        _refuse(node, "scale must be finite and > 0")
+        bad = scale.reshape(-1)[~(np.isfinite(scale.reshape(-1)) & (scale.reshape(-1) > 0))]
+        _refuse(node, f"scale must be finite and > 0, got {float(bad[0])}")
 
 
 def _bipolar(ctx: _Ctx, node) -> None:
+    _only(node, _attrs(node), set())
     scale = ctx.const(node, 1, "scale").astype(np.float32)
     _check_scale(node, scale)
     ctx.emit("BipolarQuant", node, node.input[:1], BipolarQuantAttrs(scale))
@@ -427,6 +513,7 @@ def _bipolar(ctx: _Ctx, node) -> None:
 
 def _multithreshold(ctx: _Ctx, node) -> None:
     a = _attrs(node)
+    _only(node, a, {"out_dtype", "out_scale", "out_bias", "data_layout"})
     thr = ctx.const(node, 1, "thresholds").astype(np.float32)
     if thr.ndim != 2:
         _refuse(node, f"thresholds must be 2-D (C, steps), got shape {list(thr.shape)}")
@@ -448,6 +535,12 @@ def _trunc(ctx: _Ctx, node) -> None:
                        out_scale=ctx.const(node, 4, "output_scale").astype(np.float32) if v2 else None,
                        signed=bool(a.get("signed", 1)), narrow=bool(a.get("narrow", 0)),
                        rounding=_rounding(node, a, "FLOOR"))
+    for what, bits in (("input_bit_width", attrs.in_bits), ("output_bit_width", attrs.out_bits)):
+        if not 1 <= bits <= (64 if what.startswith("input") else MAX_QUANT_BITS):
+            _refuse(node, f"{what} {bits} is not supported; supported: 1..{64 if what.startswith('input') else MAX_QUANT_BITS}")
+    _check_scale(node, attrs.scale)
+    if attrs.out_scale is not None:
+        _check_scale(node, attrs.out_scale)
     ctx.emit("Trunc", node, node.input[:1], attrs)
 
 
@@ -622,16 +715,72 @@ def _dims(vi, batch: int, where: str) -> tuple[int, ...]:
     for i, d in enumerate(t.shape.dim):
         if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
+        elif d.HasField("dim_value"):
+            raise QccError(f"{where} '{vi.name}' dimension {i} is {d.dim_value}; dimensions must be >= 1 "
+                           f"(only the batch dimension may be dynamic)")
         elif i == 0:
             dims.append(batch)  # dynamic batch: bind it
         else:
-            raise QccError(f"{where} '{vi.name}' has a dynamic or invalid dimension {i}; only the batch dimension may be dynamic")
+            raise QccError(f"{where} '{vi.name}' has a dynamic dimension {i} ('{d.dim_param}'); "
+                           f"only the batch dimension may be dynamic")
     return tuple(dims)
 
 
-def import_model(source, batch: int = 1) -> Graph:
-    """Convert an ONNX/QONNX model (path, bytes or ModelProto) into an IR graph."""
-    model = _check(load_model(source))
+def _node_label(n) -> str:
+    return n.name or (n.output[0] if n.output else n.op_type)
+
+
+def _check_structure(model: onnx.ModelProto, batch: int, max_bytes: int) -> None:
+    """What must be refused before the ONNX checker and shape inference see the model: inputs
+    too large (or with dims that overflow), external data, dangling inputs and cycles."""
+    g = model.graph
+    inits = {t.name for t in g.initializer} | {t.values.name for t in g.sparse_initializer}
+    for vi in g.input:
+        if vi.name not in inits and vi.type.WhichOneof("value") == "tensor_type":
+            check_size(f"input '{vi.name}'", _dims(vi, batch, "input"), max_bytes)
+    for t in g.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
+            where = next((e.value for e in t.external_data if e.key == "location"), "?")
+            raise QccError(f"initializer '{t.name}' keeps its data in an external file ('{where}'); "
+                           f"external data is not supported, save the model as one file")
+    producer = {o: n for n in g.node for o in n.output if o}
+    known = inits | {vi.name for vi in g.input}
+    for n in g.node:
+        for k, i in enumerate(n.input):
+            if i and i not in producer and i not in known:
+                kind = "a dangling input" if k == 0 else "a missing initializer or a dangling input"
+                raise QccError(f"input '{i}' is not produced by any node and is neither a graph input nor an "
+                               f"initializer ({kind})", node=n.name, op=n.op_type)
+    # cycles: repeatedly remove nodes whose inputs are all available; what is left has a cycle
+    deps = {id(n): {i for i in n.input if i and i in producer and i not in known} for n in g.node}
+    ready = set(known)
+    left = list(g.node)
+    while True:
+        now = {id(n) for n in left if deps[id(n)] <= ready}
+        if not now:
+            break
+        ready.update(o for n in left if id(n) in now for o in n.output)
+        left = [n for n in left if id(n) not in now]
+    if left:
+        n, path = left[0], []
+        while id(n) not in {id(m) for m in path}:  # every left node reads a tensor of another left node
+            path.append(n)
+            n = producer[next(i for i in sorted(deps[id(n)]) if i not in ready)]
+        path = path[[id(m) for m in path].index(id(n)):]
+        cycle = path + [n]
+        raise QccError(f"the graph has a cycle: {' -> '.join(repr(_node_label(m)) for m in cycle)}; "
+                       f"an ONNX graph must be acyclic")
+
+
+def import_model(source, batch: int = 1, max_bytes: int | None = None) -> Graph:
+    """Convert an ONNX/QONNX model (path, bytes or ModelProto) into an IR graph.
+
+    ``max_bytes`` (default 1 GiB) bounds every tensor as float32: shapes are derived by running
+    the graph on zeros, so a larger tensor is refused before anything is allocated."""
+    max_bytes = MAX_TENSOR_BYTES if max_bytes is None else int(max_bytes)
+    model = load_model(source)
+    _check_structure(model, batch, max_bytes)
+    model = _check(model)
     g = model.graph
     for op in model.opset_import:
         if op.domain in STANDARD_DOMAINS and op.version < 7:
@@ -649,7 +798,11 @@ def import_model(source, batch: int = 1) -> Graph:
             consts[n.output[0]], etypes[n.output[0]] = _constant(n)
     for name, arr in consts.items():
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-            raise QccError(f"initializer '{name}' contains NaN or Inf")
+            bad = "NaN" if np.any(np.isnan(arr)) else "Inf"
+            user = next((n for n in g.node if name in n.input), None)
+            role = f" (input {list(user.input).index(name)})" if user is not None else ""
+            raise QccError(f"initializer '{name}'{role} contains {bad}; weights, scales and thresholds must be finite",
+                           node=user.name if user is not None else None, op=user.op_type if user is not None else None)
 
     inputs = [vi for vi in g.input if vi.name not in consts]
     if not inputs:
@@ -661,7 +814,7 @@ def import_model(source, batch: int = 1) -> Graph:
                            f"{onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)}; only float32 inputs are supported")
         example[vi.name] = np.zeros(_dims(vi, batch, "input"), np.float32)
 
-    ctx = _Ctx(consts, example, elem_type=etypes)
+    ctx = _Ctx(consts, example, max_bytes=max_bytes, elem_type=etypes)
     for n in g.node:
         if n.op_type == "Constant" and n.domain in STANDARD_DOMAINS:
             continue

@@ -356,5 +356,12 @@ def reference_session(model: onnx.ModelProto, threads: int = 1):
 
 
 def run_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run the reference of ``model`` once; outputs in graph-output order."""
-    return reference_session(model).run(None, feeds)
+    """Run the reference of ``model`` once; outputs in graph-output order. A model whose inputs
+    have a fixed batch of 1 runs sample by sample, the results concatenated."""
+    session = reference_session(model)
+    fixed_one = [i.name for i in session.get_inputs() if i.shape and i.shape[0] == 1]
+    batches = {np.shape(v)[0] for v in feeds.values() if np.ndim(v)}
+    if not fixed_one or len(batches) != 1 or batches == {1}:
+        return session.run(None, feeds)
+    runs = [session.run(None, {k: v[b:b + 1] for k, v in feeds.items()}) for b in range(batches.pop())]
+    return [np.concatenate(outs) for outs in zip(*runs)]

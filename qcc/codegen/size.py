@@ -103,18 +103,22 @@ def object_sections(c_text: str, h_text: str, name: str, t: Target) -> tuple[Sec
         (work / f"{name}.h").write_text(h_text)
         (work / "qcc_rt.h").write_text((RUNTIME_DIR / "qcc_rt.h").read_text())
         cmd = [t.cc, *flags, *OBJECT_CFLAGS, "-c", f"{name}.c", "-o", f"{name}.o"]
-        r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            first = next((ln for ln in r.stderr.splitlines() if "error" in ln), r.stderr.strip()[:200])
-            return None, f"not measured: {t.cc} failed: {first}", " ".join(cmd[:-4])
-        s = subprocess.run([t.size, "-A", f"{name}.o"], cwd=work, capture_output=True, text=True, timeout=60)
+        shown = " ".join(cmd[:-4])
+        try:
+            r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                first = next((ln for ln in r.stderr.splitlines() if "error" in ln), r.stderr.strip()[:200])
+                return None, f"not measured: {t.cc} failed: {first}", shown
+            s = subprocess.run([t.size, "-A", f"{name}.o"], cwd=work, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            return None, f"not measured: {type(e).__name__}: {e}", shown
         if s.returncode != 0:
-            return None, f"not measured: {t.size} failed: {s.stderr.strip()[:200]}", " ".join(cmd[:-4])
+            return None, f"not measured: {t.size} failed: {s.stderr.strip()[:200]}", shown
     sec = parse_size_a(s.stdout)
     relro = _sum(sec, ".data.rel.ro")  # const structs holding pointers, in position-independent code
     sections = Sections(text=_sum(sec, ".text"), rodata=_sum(sec, ".rodata") + relro, data=_sum(sec, ".data") - relro,
                         bss=_sum(sec, ".bss"), tool=f"{t.size} -A")
-    return sections, "", " ".join([t.cc, *flags, *OBJECT_CFLAGS])
+    return sections, "", shown
 
 
 def resolve_isa(t: Target) -> str:

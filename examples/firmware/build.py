@@ -9,6 +9,7 @@ model's header, the ``FW_*`` names main.c uses and the first samples as float li
 runs it under qemu-system-arm with semihosting and prints what it prints:
 
     output 0: 0xc1a6f9c0 0x...       one line per sample, each float as the hex of its bits
+    ticks 0: 26202                    SysTick ticks of that run (x 40 = instructions under QEMU)
     flash: ... ram: ...               from the linker's symbols
 
 Everything goes to ``--out`` (default build/firmware). The functions are importable
@@ -28,7 +29,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SOURCES = ("startup.c", "semihost.c", "main.c")
 QEMU = ("qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none",
-        "-semihosting-config", "enable=on,target=native")
+        "-semihosting-config", "enable=on,target=native", "-icount", "shift=0")
+# With -icount shift=0 QEMU runs one instruction per virtual nanosecond, and the board's SysTick
+# counts its 25 MHz core clock: one tick is 40 instructions (checked with a counted loop).
+INSTRUCTIONS_PER_TICK = 40
 FLOAT_ABI = {  # the M4F's single-precision FPU, or software floats (any Cortex-M)
     "hard": ("-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
     "soft": ("-mfloat-abi=soft",),
@@ -134,6 +138,11 @@ def parse_outputs(text: str) -> np.ndarray:
         assert int(m.group(1)) == len(rows), "samples out of order"
         rows.append([int(h, 16) for h in m.group(2).split()])
     return np.asarray(rows, np.uint32).view(np.float32)
+
+
+def parse_instructions(text: str) -> list[int]:
+    """Instructions each run took under QEMU (-icount shift=0), from the ``ticks i: n`` lines."""
+    return [INSTRUCTIONS_PER_TICK * int(n) for n in re.findall(r"^ticks \d+: (\d+)\s*$", text, re.M)]
 
 
 def parse_sizes(text: str) -> dict[str, int]:

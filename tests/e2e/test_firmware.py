@@ -150,6 +150,8 @@ def _final_layers_integer(model) -> bool:
 def _run_on_firmware(model, tmp_path, name, x, float_abi="hard"):
     elf = fw.build_firmware(model, tmp_path / name, inputs={"x": x}, samples=len(x), name=name, float_abi=float_abi)
     text = fw.run_firmware(elf, timeout=60)
+    instructions = fw.parse_instructions(text)
+    assert len(instructions) == len(x) and min(instructions) > 0
     return fw.parse_outputs(text), fw.parse_sizes(text)
 
 

@@ -46,6 +46,8 @@ def _remove(g: Graph, t_node: Node) -> Graph | None:
     conv = g.producer(t_node.inputs[0])
     if conv is None or conv.op != "IntConv" or g.sole_consumer(conv.outputs[0]) is not t_node:
         return None
+    if conv.attrs.group != 1:  # dropping outputs of a grouped conv would break its groups (co % group)
+        return None
     thr, sign = t_node.attrs.thr, t_node.attrs.sign
     bound = _acc_bound(g, conv)[:, None]
     dead = np.all((thr <= -bound) | (thr > bound), axis=1)

@@ -13,6 +13,9 @@ compared where they are computed, not only through the logits. Outputs are compa
 * where a model has such float outputs, also with the host's scalar build, bit for bit, every
   output (the same C semantics on both: IEEE single precision, no contraction, no libm).
 
+A slice of fuzz graphs (tests/fuzz, when present) runs on neon through the fuzzer's own check
+against onnxruntime, and its exact outputs must equal the host's native build bit for bit.
+
 Skipped, with the reason, only where aarch64-linux-gnu-gcc or qemu-aarch64 is absent.
 """
 from __future__ import annotations
@@ -169,3 +172,44 @@ def test_neon_matches_host(key, tmp_path):
                 f"{key} '{name}': aarch64 != x86 scalar in {np.sum(g.view(np.uint32) != s.view(np.uint32))} values"
     # the logits (the first output) classify alike
     assert np.array_equal(got[0].argmax(axis=1), native[0].argmax(axis=1))
+
+
+# ---- a slice of fuzz graphs (tests/fuzz), when the fuzzer is present -----------------------------
+
+FUZZ_SEEDS, FUZZ_CHUNKS = 7000, 2
+FUZZ_PER_CHUNK = 3
+
+
+def _neon_runner(case, target_name):
+    """A ``runner`` for the fuzzer's ``run_case``: the graph built for neon and run under qemu; its
+    outputs must also equal the x86 host's native build's bit for bit on the fuzzer's exact outputs."""
+    import tempfile
+
+    _, low = lower_model(case.model)
+    src = render(low, "model", isa="neon")
+    names = list(low.meta.get("output_names", {})) or list(low.outputs)
+    shapes = [low.tensors[o].shape[1:] for o in low.outputs]
+    sizes = [int(np.prod(s)) for s in shapes]
+    x = case.feeds["x"]
+    with tempfile.TemporaryDirectory(prefix="qcc-neon-fuzz-") as work:
+        exe = build_program(src, "model", NEON, Path(work))
+        y = run_program(exe, NEON, x.reshape(len(x), -1), sum(sizes), timeout=300)
+    got = dict(zip(names, (v.reshape((len(x), *s)) for v, s in zip(np.split(y, np.cumsum(sizes)[:-1], axis=1), shapes))))
+    sess = InferenceSession(case.model)
+    host = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, case.feeds)))
+    for name in case.exact:
+        assert got[name].tobytes() == host[name].tobytes(), f"exact output {name}: aarch64 != x86 {sess.isa}"
+    return [got[o.name] for o in case.model.graph.output]
+
+
+@pytest.mark.parametrize("chunk", range(FUZZ_CHUNKS))
+def test_neon_fuzz_slice(chunk):
+    """Fuzz graphs on neon against onnxruntime exactly as the fuzzer checks the host (quantized
+    outputs bit for bit, float outputs within its tolerance) and against the host's native build."""
+    fuzzgen = pytest.importorskip("fuzz.fuzzgen", reason="the fuzzer (tests/fuzz) is not present")
+    runner = pytest.importorskip("fuzz.runner", reason="the fuzzer (tests/fuzz) is not present")
+    seeds = range(FUZZ_SEEDS + chunk * FUZZ_PER_CHUNK, FUZZ_SEEDS + (chunk + 1) * FUZZ_PER_CHUNK)
+    outcomes = [runner.run_case(fuzzgen.random_spec(s), target="neon", runner=_neon_runner) for s in seeds]
+    bad = [f"seed {s}: {o.status}: {o.detail}" for s, o in zip(seeds, outcomes) if o.status in ("mismatch", "crash", "invalid")]
+    assert not bad, "\n".join(bad)
+    assert sum(o.status == "ok" for o in outcomes) >= len(outcomes) // 2, [o.detail for o in outcomes]

@@ -228,6 +228,12 @@ class InferenceSession:
         self.calls = [n for n in self.lowered.nodes if n.op != "reshape"]
         g = self.lowered
         out_names = list(g.meta.get("output_names", {})) or list(g.outputs)
+        for kind, names in (("input", zip(g.inputs, g.inputs)), ("output", zip(out_names, g.outputs))):
+            for shown, t in names:
+                if g.tensors[t].shape[:1] != (1,):  # run() calls the compiled model once per sample
+                    raise QccError(f"{kind} '{shown}' has shape {list(g.tensors[t].shape)}: its first dimension is not "
+                                   f"the batch (e.g. a Flatten or Reshape merged the batch into other axes); "
+                                   f"InferenceSession runs batch 1 per call, so every {kind} must start with the batch")
         self._inputs = [NodeArg(n, ["batch", *g.tensors[n].shape[1:]]) for n in g.inputs]
         self._outputs = [NodeArg(on, ["batch", *g.tensors[o].shape[1:]]) for on, o in zip(out_names, g.outputs)]
         self._arena = self._ffi.new("char[]", g.meta["arena_size"] + 64)

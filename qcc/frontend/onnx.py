@@ -335,8 +335,11 @@ def _clip(ctx: _Ctx, node) -> None:
     a = _attrs(node)
     lo = ctx.const(node, 1, "min", required=False)
     hi = ctx.const(node, 2, "max", required=False)
-    lo = float(a.get("min", -np.inf)) if lo is None else float(lo)
-    hi = float(a.get("max", np.inf)) if hi is None else float(hi)
+    for what, v in (("min", lo), ("max", hi)):
+        if v is not None and np.size(v) != 1:
+            _refuse(node, f"'{what}' must be one value, got shape {list(np.shape(v))}")
+    lo = float(a.get("min", -np.inf)) if lo is None else float(np.reshape(lo, -1)[0])
+    hi = float(a.get("max", np.inf)) if hi is None else float(np.reshape(hi, -1)[0])
     ctx.emit("Clip", node, node.input[:1], ClipAttrs(lo, hi))
 
 
@@ -373,11 +376,18 @@ def _global_pool(kind: str):
 
 
 def _flatten(ctx: _Ctx, node) -> None:
-    ctx.emit("Flatten", node, node.input[:1], FlattenAttrs(int(_attrs(node).get("axis", 1))))
+    axis = int(_attrs(node).get("axis", 1))
+    rank = len(ctx.shape(node.input[0]))
+    if not -rank <= axis <= rank:
+        _refuse(node, f"axis {axis} is out of range for an input of rank {rank}; supported: {-rank}..{rank}")
+    ctx.emit("Flatten", node, node.input[:1], FlattenAttrs(axis))
 
 
 def _reshape(ctx: _Ctx, node) -> None:
-    target = [int(v) for v in ctx.const(node, 1, "shape")]
+    shape = ctx.const(node, 1, "shape")
+    if shape.ndim != 1:
+        _refuse(node, f"the target shape must be a 1-D constant, got shape {list(shape.shape)}")
+    target = [int(v) for v in shape]
     in_shape = ctx.shape(node.input[0])
     if _attrs(node).get("allowzero", 0) and 0 in target:
         _refuse(node, "allowzero=1 with a 0 in the shape is not supported")
@@ -403,7 +413,7 @@ def _transpose(ctx: _Ctx, node) -> None:
 def _softmax(ctx: _Ctx, node) -> None:
     axis = int(_attrs(node).get("axis", -1))
     rank = len(ctx.shape(node.input[0]))
-    if axis % rank != rank - 1:
+    if rank == 0 or axis % rank != rank - 1:
         _refuse(node, f"Softmax over axis {axis} is not supported; only the last axis")
     ctx.emit("Softmax", node, node.input[:1], SoftmaxAttrs(-1))
 
@@ -495,6 +505,7 @@ def _quant(ctx: _Ctx, node) -> None:
                        signed=bool(a.get("signed", 1)), narrow=bool(a.get("narrow", 0)),
                        rounding=_rounding(node, a, "ROUND"))
     _check_scale(node, attrs.scale)
+    _check_zero(node, attrs.zero, bits)
     ctx.emit("Quant", node, node.input[:1], attrs)
 
 
@@ -502,6 +513,12 @@ def _check_scale(node, scale: np.ndarray) -> None:
     if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
         bad = scale.reshape(-1)[~(np.isfinite(scale.reshape(-1)) & (scale.reshape(-1) > 0))]
         _refuse(node, f"scale must be finite and > 0, got {float(bad[0])}")
+
+
+def _check_zero(node, zero: np.ndarray, bits: int) -> None:
+    if zero.size and float(np.max(np.abs(zero))) > 2.0 ** bits:
+        _refuse(node, f"zero point {float(zero.reshape(-1)[np.argmax(np.abs(zero))]):g} is outside the {bits}-bit range; "
+                      f"supported: |zeropt| <= 2^{bits}")
 
 
 def _bipolar(ctx: _Ctx, node) -> None:
@@ -520,6 +537,11 @@ def _multithreshold(ctx: _Ctx, node) -> None:
     if np.any(np.isnan(thr)):
         _refuse(node, "thresholds contain NaN")
     layout = _str(a, "data_layout", "NCHW")
+    x_shape = ctx.shape(node.input[0])
+    channels = x_shape[-1 if layout.endswith("C") else 1] if len(x_shape) > 1 else 1
+    if thr.shape[0] not in (1, channels):
+        _refuse(node, f"thresholds have {thr.shape[0]} rows for an input of {channels} channels "
+                      f"(shape {list(x_shape)}, {layout}); supported: one row, or one per channel")
     attrs = MultiThresholdAttrs(thr, float(a.get("out_scale", 1.0)), float(a.get("out_bias", 0.0)),
                                 channels_last=layout.endswith("C"))
     ctx.emit("MultiThreshold", node, node.input[:1], attrs)
@@ -539,6 +561,7 @@ def _trunc(ctx: _Ctx, node) -> None:
         if not 1 <= bits <= (64 if what.startswith("input") else MAX_QUANT_BITS):
             _refuse(node, f"{what} {bits} is not supported; supported: 1..{64 if what.startswith('input') else MAX_QUANT_BITS}")
     _check_scale(node, attrs.scale)
+    _check_zero(node, attrs.zero, attrs.in_bits)
     if attrs.out_scale is not None:
         _check_scale(node, attrs.out_scale)
     ctx.emit("Trunc", node, node.input[:1], attrs)
@@ -713,6 +736,10 @@ def _dims(vi, batch: int, where: str) -> tuple[int, ...]:
         raise QccError(f"{where} '{vi.name}' is not a tensor")
     dims = []
     for i, d in enumerate(t.shape.dim):
+        if i == 0 and d.HasField("dim_value") and d.dim_value > 1 and d.dim_value != batch:
+            raise QccError(f"{where} '{vi.name}' has a fixed batch dimension of {d.dim_value}; qcc compiles batch "
+                           f"{batch} (the first dimension of every input is the batch): give the model a dynamic "
+                           f"or unit batch dimension (or, if '{vi.name}' is a weight, an initializer)")
         if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
         elif d.HasField("dim_value"):
@@ -837,6 +864,8 @@ def import_model(source, batch: int = 1, max_bytes: int | None = None) -> Graph:
         name = ctx.name(vi.name)
         if name not in ctx.example:
             raise QccError(f"output '{vi.name}' is a constant or is never produced")
+        if name in ctx.derived:
+            raise QccError(f"output '{vi.name}' is computed from constants only; every output must depend on an input")
         outputs.append(name)
 
     tensors: dict[str, Tensor] = {}

@@ -82,6 +82,13 @@ def _with_node(model, index, **attrs):
     return model
 
 
+def _replace_init(model, name, value):
+    for t in model.graph.initializer:
+        if t.name == name:
+            t.CopyFrom(_init(name, value))
+    return model
+
+
 def _drop_init(model, name):
     for t in list(model.graph.initializer):
         if t.name == name:
@@ -139,8 +146,12 @@ def cases():
 
     m = _drop_init(base_model(), "W")
     m.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, [4, 3, 3, 3]))
-    add("weight_is_graph_input.onnx", m.SerializeToString(), "must be a constant",
-        what="conv weight declared as a graph input without an initializer")
+    add("weight_is_graph_input.onnx", m.SerializeToString(), "if 'W' is a weight, an initializer",
+        what="conv weight [4, 3, 3, 3] declared as a graph input without an initializer")
+    m = _drop_init(base_model(w_shape=(1, 3, 3, 3)), "W")
+    m.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, [1, 3, 3, 3]))
+    add("weight_is_graph_input_1.onnx", m.SerializeToString(), "must be a constant",
+        what="conv weight [1, 3, 3, 3] declared as a graph input without an initializer")
 
     add("conv_weight_channels.onnx", base_model(w_shape=(4, 5, 3, 3)).SerializeToString(), "channels",
         what="conv weight has 5 input channels, the input has 3")
@@ -235,6 +246,31 @@ def cases():
     m = base_model()
     m.graph.node[4].output[0] = "c"  # flatten writes the conv's output again
     add("not_ssa.onnx", m.SerializeToString(), "SSA", what="two nodes write one tensor")
+
+    # found by mutating the base model: each was a crash, an internal error or a wrong answer
+    add("fixed_batch_2.onnx", base_model(in_shape=(2, 3, 6, 6)).SerializeToString(), "fixed batch dimension of 2",
+        what="input dims [2, 3, 6, 6]: the session wrote 2 samples into a 1-sample buffer (heap corruption)")
+    add("flatten_merges_batch.onnx", _with_node(base_model(), 4, axis=3).SerializeToString(),
+        "its first dimension is not the batch", commands=["check"],
+        what="Flatten axis 3 gives [4, 1]: compiles (the C is consistent), but run() wrote past its buffer")
+    add("flatten_axis_out_of_range.onnx", _with_node(base_model(), 4, axis=7).SerializeToString(),
+        "axis 7 is out of range", what="Flatten axis 7 on a rank-4 tensor (was compiled)")
+    add("multithreshold_rows.onnx", base_model(thresholds=np.zeros((3, 3))).SerializeToString(),
+        "thresholds have 3 rows for an input of 4 channels", what="3 threshold rows for 4 channels (internal error)")
+    m = base_model()
+    _replace_init(m, "x_zero", 1e30)
+    add("zero_point_huge.onnx", m.SerializeToString(), "zero point 1e+30 is outside the 4-bit range",
+        what="Quant zero point 1e30 (OverflowError in fold_thresholds)")
+    m = base_model()
+    m.graph.node[4].input[0] = "Wq"
+    add("output_is_constant.onnx", m.SerializeToString(), "computed from constants only",
+        what="the output is Flatten(quantized weight) (internal error in lower)")
+    m = base_model()
+    m.graph.initializer.append(_init("lo", np.zeros(4)))
+    m.graph.node.insert(3, helper.make_node("Clip", ["c", "lo"], ["cc"], name="clip"))
+    m.graph.node[4].input[0] = "cc"
+    add("clip_min_per_channel.onnx", m.SerializeToString(), "'min' must be one value",
+        what="Clip with a 4-element min (TypeError)")
 
     # inputs given to `qcc check --inputs`, for a valid model: wrong shape, non-numeric, not an npz
     x = np.zeros((2, 1, 8, 9), np.float32)

@@ -403,6 +403,8 @@ def _reshape(ctx: _Ctx, node) -> None:
 def _transpose(ctx: _Ctx, node) -> None:
     shape = ctx.shape(node.input[0])
     perm = tuple(_attrs(node).get("perm", tuple(reversed(range(len(shape))))))
+    if sorted(perm) != list(range(len(shape))):
+        _refuse(node, f"perm {list(perm)} is not a permutation of the {len(shape)} axes of the input (shape {list(shape)})")
     moved = [d for d in perm if shape[d] != 1]
     if moved != sorted(moved) and not ctx.is_const(node.input[0]):
         _refuse(node, f"Transpose perm={list(perm)} moves data; only transposes that leave the memory "

@@ -64,7 +64,14 @@ def _reshape_weight(graph, tensors, nodes, w, shape, taken, name) -> str:
         return out
     lv = tensors[p.inputs[0]]
     spec = lv.quant
-    scale = spec.scale.reshape(spec.scale.shape + (1,) * (4 - spec.scale.ndim)) if spec.scale.ndim else spec.scale
+    scale = spec.scale
+    if scale.size > 1 and scale.shape != (shape[0], 1):
+        full = np.broadcast_to(scale, lv.data.shape)
+        if not np.all(full == full[:, :1]):  # scales along K (the input features): a float weight
+            tensors[out] = tensors[w].with_(name=out, data=spec.decode(lv.data).reshape(shape), shape=shape, quant=None)
+            return out
+        scale = full[:, :1]
+    scale = scale.reshape(scale.shape + (1,) * (4 - scale.ndim)) if scale.ndim else scale
     qname = out + "__levels"
     tensors[qname] = lv.with_(name=qname, data=lv.data.reshape(shape), shape=shape, quant=spec.with_scale(scale))
     tensors[out] = tensors[w].with_(name=out, shape=shape)

@@ -272,6 +272,12 @@ def cases():
     add("clip_min_per_channel.onnx", m.SerializeToString(), "'min' must be one value",
         what="Clip with a 4-element min (TypeError)")
 
+    m = base_model()
+    m.graph.node.insert(3, helper.make_node("Transpose", ["c"], ["ct"], name="transpose", perm=[1, 0]))
+    m.graph.node[4].input[0] = "ct"
+    add("transpose_bad_perm.onnx", m.SerializeToString(), "perm [1, 0] is not a permutation of the 4 axes",
+        what="Transpose perm [1, 0] on a rank-4 tensor (IndexError)")
+
     # inputs given to `qcc check --inputs`, for a valid model: wrong shape, non-numeric, not an npz
     x = np.zeros((2, 1, 8, 9), np.float32)
     add("wrong_shape_inputs.npz", _npz(input=x), "has shape [2, 1, 8, 9]; expected ['batch', 1, 8, 8]",

@@ -151,7 +151,7 @@ def test_neon_matches_host(key, tmp_path):
     src = render(low, "model", key, isa="neon")
     used = [k for k in src.c.split("*/", 1)[0].split("Kernels (neon): ", 1)[1].split(", ") if k.endswith("__neon")]
     assert used, f"{key}: no NEON kernel in the program"
-    exe = build_program(src, "model", NEON, tmp_path)
+    exe = build_program(src, "model", NEON, tmp_path, extra_cflags=("-Werror",))  # -Wall -Wextra: no warning
     sizes = [low.tensors[o].size for o in low.outputs]
     y = run_program(exe, NEON, x, sum(sizes), timeout=300)
     got = np.split(y, np.cumsum(sizes)[:-1], axis=1)

@@ -1520,7 +1520,7 @@ def run_neon(cases: list[Case], work) -> None:
     feeds = {f"c{i}_x": np.asarray(c.x, F32) for i, c in enumerate(cases)}
     env = interp.run(g, feeds, keep_all=True)
     src = render(g, MODEL, isa=NEON)
-    exe = build_program(src, MODEL, target, work)
+    exe = build_program(src, MODEL, target, work, extra_cflags=("-Werror",))  # and without a warning
     x = np.concatenate([feeds[n].reshape(-1) for n in g.inputs])[None]
     out_size = sum(g.tensors[o].size for o in g.outputs)
     arena_file = work / "arena.bin"

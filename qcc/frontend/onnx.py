@@ -328,6 +328,12 @@ def _batchnorm(ctx: _Ctx, node) -> None:
     if len(node.output) > 1 and any(node.output[1:]):
         _refuse(node, "running-statistics outputs are not supported; export in eval mode")
     vals = [ctx.const(node, i, n).astype(np.float32) for i, n in enumerate(("scale", "B", "mean", "var"), 1)]
+    x_shape = ctx.shape(node.input[0])
+    channels = x_shape[1] if len(x_shape) > 1 else 1
+    for what, v in zip(("scale", "B", "mean", "var"), vals):
+        if v.shape != (channels,):
+            _refuse(node, f"'{what}' has shape {list(v.shape)} for an input of {channels} channels "
+                          f"(shape {list(x_shape)}); expected [{channels}]")
     ctx.emit("BatchNormalization", node, node.input[:1], BatchNormAttrs(*vals, eps=float(a.get("epsilon", 1e-5))))
 
 

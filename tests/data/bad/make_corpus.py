@@ -247,6 +247,25 @@ def cases():
     m.graph.node[4].output[0] = "c"  # flatten writes the conv's output again
     add("not_ssa.onnx", m.SerializeToString(), "SSA", what="two nodes write one tensor")
 
+    m = base_model()
+    m.graph.initializer.append(_init("bias", np.zeros(5)))
+    m.graph.node[2].input.append("bias")
+    add("conv_bias_size.onnx", m.SerializeToString(), "bias of shape [5]; expected [4]",
+        what="a 5-element bias for 4 output channels")
+    m = base_model()
+    for k in ("g", "b", "mu", "var"):
+        m.graph.initializer.append(_init(k, np.ones(4 if k != "mu" else 3)))
+    m.graph.node.insert(3, helper.make_node("BatchNormalization", ["c", "g", "b", "mu", "var"], ["bn"], name="bn"))
+    m.graph.node[4].input[0] = "bn"
+    add("batchnorm_param_size.onnx", m.SerializeToString(), "'mean' has shape [3] for an input of 4 channels",
+        what="BatchNormalization mean with 3 values for 4 channels")
+    t = _init("W", np.zeros((4, 3, 3, 3)))
+    t.raw_data = t.raw_data[:10]
+    m = base_model()
+    m.graph.initializer[3].CopyFrom(t)
+    add("initializer_short_data.onnx", m.SerializeToString(), "raw_data size (10 bytes) is too small",
+        what="W declares 108 floats but holds 10 bytes")
+
     # found by mutating the base model: each was a crash, an internal error or a wrong answer
     add("fixed_batch_2.onnx", base_model(in_shape=(2, 3, 6, 6)).SerializeToString(), "fixed batch dimension of 2",
         what="input dims [2, 3, 6, 6]: the session wrote 2 samples into a 1-sample buffer (heap corruption)")

@@ -21,6 +21,10 @@ conv of integer levels by shifted slices, pooling one window at a time, Python's
 rounding. Levels of a ``bits`` tensor are read back through a bit-layout helper that is itself
 checked against a naive bit loop (``test_oracle_plane_layout``).
 
+Cross-ISA variants (NEON, aarch64) cannot be loaded by cffi: each suite's cases are merged into
+one graph, built as a standalone program for the neon target and run once under qemu-aarch64,
+with the same comparisons on the outputs and on every arena tensor (``test_neon_variants``).
+
 Comparisons are exact (bits as uint64 words, int16 exactly, floats by value, so -0.0 == +0.0)
 except where a case states a tolerance: float convolutions and average pools on arbitrary
 (non-dyadic) floats, whose summation order legitimately differs from the oracle's float64 sum,

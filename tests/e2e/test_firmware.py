@@ -184,6 +184,9 @@ def test_firmware_matches_host_bit_for_bit(model, tmp_path):
     weights = [ln.split() for ln in nm.splitlines() if re.search(r" [rR] L\d+_weight$", ln)]
     assert weights, "the weights are read-only data (flash)"
     assert all(int(addr, 16) < 0x00400000 for addr, _, _ in weights), "the weights are in flash, below 4 MiB"
+    arena = [ln.split() for ln in nm.splitlines() if ln.endswith(" arena")]
+    assert len(arena) == 1 and arena[0][1] in "bB" and int(arena[0][0], 16) >= 0x20000000, "the arena is in RAM (.bss)"
+    assert int(arena[0][0], 16) % 64 == 0
 
 
 @needs_fw

@@ -207,3 +207,32 @@ def test_firmware_soft_float_and_several_outputs(tmp_path):
     np.testing.assert_allclose(got[:, n_int:], native[:, n_int:], rtol=1e-4, atol=1e-5)
     want = run_reference(model, {"x": x})
     assert np.array_equal(got[:, :9 * 9 * 12], want[0].reshape(3, -1))
+
+
+def _float_cnn():
+    import test_float
+    return test_float.float_cnn(1, 1)  # float convs, average and max pools, Clip, Mul/Sub, softmax (qcc_expf)
+
+
+def _quantized_values():
+    import test_float
+    return test_float.quantized_values_net(True)  # HALF_UP and FLOOR rounding, Trunc, MultiThreshold values
+
+
+def _horq():
+    import test_structure
+    return test_structure.horq(2)  # runtime-scaled sums of ternary-plane convs
+
+
+@needs_fw
+@pytest.mark.parametrize("build", [_float_cnn, _quantized_values, _horq], ids=["float-cnn", "quantized-values", "horq-2"])
+def test_firmware_float_paths_match_host_scalar_bit_for_bit(build, tmp_path):
+    """Float layers and float ops on the Cortex-M4's FPU give the host scalar build's bits (same C,
+    IEEE single precision, no contraction, no libm), and match native within its tolerance."""
+    model = build()
+    sess = qcc.InferenceSession(model, target="scalar")
+    shape = [3, *sess.get_inputs()[0].shape[1:]]
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32) * 2
+    got, _ = _run_on_firmware(model, tmp_path, "net", x)
+    assert np.array_equal(got.view(np.uint32), _host(model, x, "scalar").view(np.uint32))
+    np.testing.assert_allclose(got, _host(model, x, "native"), rtol=1e-4, atol=1e-5)

@@ -294,10 +294,13 @@ def _gemm(ctx: _Ctx, node) -> None:
             c = (c * np.float32(beta)).astype(np.float32)
         inputs.append(_new_const(ctx, node.name + "_C", c))
     out = node.output[0]
-    if alpha != 1.0:
+    if alpha != 1.0:  # alpha * (A B) + beta * C: alpha scales the product only, not the bias
         raw = node.output[0] + "_noalpha"
-        ctx.emit("Gemm", node, inputs, None, outputs=[raw])
-        ctx.emit("Mul", node, [raw, _new_const(ctx, node.name + "_alpha", np.float32(alpha))], outputs=[out])
+        ctx.emit("Gemm", node, inputs[:2], None, outputs=[raw])
+        scaled = out if len(inputs) == 2 else node.output[0] + "_alpha_ab"
+        ctx.emit("Mul", node, [raw, _new_const(ctx, node.name + "_alpha", np.float32(alpha))], outputs=[scaled])
+        if len(inputs) > 2:
+            ctx.emit("Add", node, [scaled, inputs[2]], outputs=[out])
     else:
         ctx.emit("Gemm", node, inputs)
 

@@ -113,7 +113,8 @@ def _affine(rng, form):
     """BatchNorm (QONNX form; sometimes QDQ), pruning and zero gamma."""
     bn = rng.random() < (0.75 if form == "qonnx" else 0.15)
     return {"bn": bn, "prune": float(rng.choice([0, 0, 0, 0.25, 0.5])),
-            "gamma0": bool(bn and rng.random() < 0.3), "bias": bool(rng.random() < 0.4)}
+            "gamma0": bool(bn and rng.random() < 0.3), "bias": bool(rng.random() < 0.4),
+            "muladd": bool(form == "qonnx" and rng.random() < 0.2), "pc_scale": bool(form == "qonnx" and rng.random() < 0.15)}
 
 
 def random_spec(seed: int) -> dict:
@@ -156,8 +157,14 @@ def _random_spec(seed, rng) -> dict:
     if len(spec["input"]) == 1 or spec["blocks"] and spec["blocks"][-1]["op"] in ("gpool", "flatten"):
         for _ in range(int(rng.integers(0 if conv_net else 1, 3))):
             spec["blocks"].append({"op": "fc", "cout": _channels(rng), **_layer_quant(rng, form),
-                                   **_affine(rng, form), "out": bool(rng.random() < 0.5)})
+                                   **_affine(rng, form), "out": bool(rng.random() < 0.5),
+                                   "mm": str(rng.choice(["gemm", "gemm", "matmul", "gemm_t", "alpha"]))})
     spec["in_bits"] = int(rng.choice([8, 8, 8, 4, 2])) if form == "qonnx" else 8
+    if form == "qonnx" and rng.random() < 0.25:  # unsigned / narrow / zero-point input quantizers
+        spec["in_q"] = {"signed": int(rng.random() < 0.5), "narrow": int(rng.random() < 0.3),
+                        "zero": float(rng.choice([0.0, 1.0, -2.0, 0.5]))}
+    if spec["head"] and rng.random() < 0.2:
+        spec["softmax"] = True
     spec["classes"] = int(rng.integers(2, 12))
     spec["last_out"] = True
     _fit_budget(spec)
@@ -175,7 +182,7 @@ def _random_block4(rng, form, cin):
         p = [int(rng.integers(0, k)) for _ in range(4)] if rng.random() < 0.4 else [0, 0, 0, 0]
         kind = str(rng.choice(["max", "max", "avg"]))
         blk = {"op": "pool", "kind": kind, "k": [k, k], "stride": [s, s], "pads": p, "out": bool(rng.random() < 0.5),
-               "ceil": 0, "cip": int(rng.random() < 0.3)}
+               "ceil": int(rng.random() < 0.25), "cip": int(rng.random() < 0.3)}
         if kind == "avg":
             blk.update(_layer_quant(rng, form))
         return blk
@@ -266,7 +273,11 @@ def shapes(spec):
             k, s, p = b["k"], b["stride"], b["pads"]
             if max(p) >= k[0]:
                 raise InvalidSpec("pool pads must be smaller than the kernel")
-            shape = (shape[0], _out_size(shape[1], k[0], s[0], p[0], p[2]), _out_size(shape[2], k[1], s[1], p[1], p[3]))
+            ceil = bool(b.get("ceil"))
+            oh, ow = _out_size(shape[1], k[0], s[0], p[0], p[2], ceil), _out_size(shape[2], k[1], s[1], p[1], p[3], ceil)
+            if ceil and ((oh - 1) * s[0] >= shape[1] + p[0] or (ow - 1) * s[1] >= shape[2] + p[1]):
+                raise InvalidSpec("ceil_mode window starting in the end padding")
+            shape = (shape[0], oh, ow)
             m = int(np.prod(shape)) * k[0] * k[1]
         elif op == "gpool":
             m, shape = int(np.prod(shape)), (shape[0],)
@@ -383,11 +394,13 @@ class _Builder:
                            signed=signed, narrow=narrow, rounding_mode=rounding)
 
     # ---- activations
-    def act(self, y, c, kind, rng, key, rounding="ROUND", rank=4):
+    def act(self, y, c, kind, rng, key, rounding="ROUND", rank=4, pc=False):
         """Quantize ``y`` (c channels) with activation ``kind``; returns (name, max |code|)."""
         if self.form == "qdq":
             return self.qdq(y, kind, rng)
         s = np.float32(2.0 ** -int(rng.integers(0, 4)))
+        if pc and kind != "pm1" and not kind.startswith("mt"):  # one scale per channel
+            s = (2.0 ** -rng.integers(0, 4, (1, c) + (1,) * (rank - 2))).astype(np.float32)
         if kind == "pm1":
             return self.g.node("BipolarQuant", [y, self.g.const(s)], Q), 1
         if kind.startswith("mt"):
@@ -434,8 +447,14 @@ class _Builder:
             var = 4.0 ** rng.integers(-1, 3, shape)
             beta = rng.integers(-4, 5, shape) * 0.125
             self.bn_inputs.append(y)
-            return self.g.node("BatchNormalization", [y, self.g.const(g), self.g.const(beta), self.g.const(mean),
-                                                      self.g.const(var)], epsilon=0.0)
+            y = self.g.node("BatchNormalization", [y, self.g.const(g), self.g.const(beta), self.g.const(mean),
+                                                   self.g.const(var)], epsilon=0.0)
+        if b.get("muladd"):  # a per-channel scale (signs, zeros) and shift, as exported masks/scales are
+            cs = (c,) + (1,) * (rank - 2)
+            m = 2.0 ** rng.integers(-2, 2, cs) * rng.choice([-1.0, 1.0, 1.0], cs)
+            m[rng.random(cs) < 0.1] = 0.0
+            y = self.g.node("Mul", [y, self.g.const(m)])
+            y = self.g.node("Add", [y, self.g.const(rng.integers(-4, 5, cs) * 0.25)])
         return y
 
     def bias(self, rng, c, b):
@@ -452,7 +471,7 @@ class _Builder:
         y = self.g.node("Conv", [x, w] + self.bias(rng, cout, b), kernel_shape=list(b["k"]), strides=list(b["stride"]),
                         pads=list(b["pads"]), group=group)
         y = self.affine(y, cout, b, i, rng, 4)
-        y, amax = self.act(y, cout, a_kind, rng, f"mt{i}_{part}", rounding)
+        y, amax = self.act(y, cout, a_kind, rng, f"mt{i}_{part}", rounding, pc=b.get("pc_scale", False))
         if expose and b.get("out"):
             self.exact.append(y)
         return y, amax
@@ -468,8 +487,11 @@ class _Builder:
             x, xmax = self.qdq("x", "in8", rng)
         else:
             bits = spec.get("in_bits", 8)
-            x = self.quant("x", np.float32(2.0 ** -4), bits, 1)
-            xmax = 2 ** (bits - 1)
+            iq = spec.get("in_q", {"signed": 1, "narrow": 0, "zero": 0.0})
+            if bits == 1:
+                iq = {**iq, "signed": 1, "zero": 0.0}
+            x = self.quant("x", np.float32(2.0 ** -4), bits, iq["signed"], iq["narrow"], iq["zero"])
+            xmax = 2 ** bits + int(abs(iq["zero"])) + 1
         last = x
         for i, b in enumerate(spec["blocks"]):
             op = b["op"]
@@ -500,6 +522,8 @@ class _Builder:
                     self.exact.append(x)
             elif op == "pool":
                 attrs = dict(kernel_shape=list(b["k"]), strides=list(b["stride"]), pads=list(b["pads"]))
+                if b.get("ceil"):
+                    attrs["ceil_mode"] = 1
                 if b["kind"] == "max":
                     x = self.g.node("MaxPool", [x], **attrs)
                 else:
@@ -520,9 +544,20 @@ class _Builder:
                 rng = self.rng(i)
                 self._prune = (rng.random(b["cout"]) < b.get("prune", 0)) if b.get("prune") else None
                 w, _ = self.weight(rng, (b["cout"], shape[0]), q["w"], xmax)
-                y = self.g.node("Gemm", [x, w] + self.bias(rng, b["cout"], b), transB=1)
+                mm = b.get("mm", "gemm")
+                if mm == "matmul":  # MatMul by the transposed quantized weight, bias as an Add
+                    y = self.g.node("MatMul", [x, self.g.node("Transpose", [w], perm=[1, 0])])
+                    bias = self.bias(rng, b["cout"], b)
+                    if bias:
+                        y = self.g.node("Add", [y, bias[0]])
+                elif mm == "gemm_t":
+                    y = self.g.node("Gemm", [x, self.g.node("Transpose", [w], perm=[1, 0])] + self.bias(rng, b["cout"], b))
+                elif mm == "alpha":
+                    y = self.g.node("Gemm", [x, w] + self.bias(rng, b["cout"], b), transB=1, alpha=0.5, beta=2.0)
+                else:
+                    y = self.g.node("Gemm", [x, w] + self.bias(rng, b["cout"], b), transB=1)
                 y = self.affine(y, b["cout"], b, i, rng, 2)
-                x, xmax = self.act(y, b["cout"], q["a"], rng, f"mt{i}_0", rnd, rank=2)
+                x, xmax = self.act(y, b["cout"], q["a"], rng, f"mt{i}_0", rnd, rank=2, pc=b.get("pc_scale", False))
                 if b.get("out"):
                     self.exact.append(x)
             shape = out_shapes[i]
@@ -537,6 +572,9 @@ class _Builder:
             w, _ = self.weight(rng, (spec["classes"], shape[0]), "i8", xmax)
             logits = self.g.node("Gemm", [x, w, self.g.const(rng.integers(-8, 9, spec["classes"]) * 0.25, "b")],
                                  transB=1)
+            if spec.get("softmax"):
+                self.approx.append(logits)
+                logits = self.g.node("Softmax", [logits], axis=1)
             self.approx.append(logits)
         if not self.exact and not self.approx:
             self.exact.append(x)

@@ -91,6 +91,11 @@ def main(argv=None) -> int:
             kw["runner"] = runner.program_runner()
         for seed, out in sorted(failures, key=lambda f: f[0])[:args.max_shrink]:
             print(f"\nshrinking seed {seed}: {out.status}: {out.detail[:200]}", flush=True)
+            again = runner.run_isolated(out.spec, **kw)
+            if not shrink.same_failure(again, out):
+                print(f"  not reproducible (now {again.status}): the working tree changed, or the failure is"
+                      f" nondeterministic; not saved", flush=True)
+                continue
             small, small_out = shrink.shrink(out.spec, out, **kw)
             path = shrink.save(small, small_out, directory=Path(args.regressions),
                                note="found by tests/fuzz/run.py" + (" --sanitize" if args.sanitize else ""))

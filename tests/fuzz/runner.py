@@ -83,6 +83,15 @@ def run_case(spec: dict, target: str = "native", samples: int = 24, runner=None)
         return Outcome("invalid", f"spec: {e}", spec)
     except Exception as e:  # onnxruntime rejected the generated graph during calibration
         return Outcome("invalid", f"generator: {type(e).__name__}: {str(e).splitlines()[0][:200]}", spec)
+    return check_case(case, target, runner)
+
+
+def check_case(case, target: str = "native", runner=None) -> Outcome:
+    """Compile ``case.model`` (or run ``runner``) and compare with onnxruntime on the oracle."""
+    from qcc import InferenceSession
+    from qcc.errors import QccError
+    from qcc.frontend.reference import run_reference
+
     spec = case.spec
     try:
         want = run_reference(case.model, case.feeds)
@@ -113,6 +122,11 @@ def run_case(spec: dict, target: str = "native", samples: int = 24, runner=None)
 def run_isolated(spec: dict, timeout: float = 300, **kw) -> Outcome:
     """:func:`run_case` in a forked child, so a crash of the compiled C (a signal) or a hang is
     an outcome, not the end of the run."""
+    return isolated(run_case, spec, timeout=timeout, **kw)
+
+
+def isolated(fn, spec, *args, timeout: float = 300, **kw) -> Outcome:
+    """``fn(spec, *args, **kw)`` (returning an Outcome) in a forked child."""
     import os
     import pickle
     import select
@@ -123,7 +137,7 @@ def run_isolated(spec: dict, timeout: float = 300, **kw) -> Outcome:
     if pid == 0:  # child
         os.close(r)
         try:
-            out = run_case(spec, **kw)
+            out = fn(spec, *args, **kw)
         except BaseException as e:  # noqa: BLE001 - report anything
             out = Outcome("crash", f"{type(e).__name__}: {e}", spec)
         data = pickle.dumps(out)

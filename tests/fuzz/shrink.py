@@ -87,7 +87,8 @@ def _edits(spec):
                 if b["pads"][j]:
                     out.append(variant(lambda s, i=i, j=j: s["blocks"][i]["pads"].__setitem__(j, 0)))
         for key, simple in (("bn", False), ("bias", False), ("prune", 0.0), ("gamma0", False), ("round", "ROUND"),
-                            ("out", False), ("cip", 0), ("same_q", True)):
+                            ("out", False), ("cip", 0), ("same_q", True), ("muladd", False), ("pc_scale", False),
+                            ("mm", "gemm"), ("ceil", 0)):
             if key in b and b[key] != simple:
                 out.append(variant(lambda s, i=i, key=key, simple=simple: s["blocks"][i].__setitem__(key, simple)))
         simple_w = ["i8"] if spec["form"] == "qdq" else ["pm1", "ter", "i8"]
@@ -100,6 +101,10 @@ def _edits(spec):
                         out.append(variant(lambda s, i=i, key=key, v=v: s["blocks"][i].__setitem__(key, v)))
     if spec.get("classes", 2) > 2:
         out.append(variant(lambda s: s.update(classes=2)))
+    if spec.get("softmax"):
+        out.append(variant(lambda s: s.pop("softmax")))
+    if spec.get("in_q"):
+        out.append(variant(lambda s: s.pop("in_q")))
     if spec.get("in_bits", 8) != 8:
         out.append(variant(lambda s: s.update(in_bits=8)))
     return [s for s in out if s is not None]

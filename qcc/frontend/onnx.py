@@ -517,6 +517,7 @@ def _quant(ctx: _Ctx, node) -> None:
                        rounding=_rounding(node, a, "ROUND"))
     _check_scale(node, attrs.scale)
     _check_zero(node, attrs.zero, bits)
+    _same_shape(ctx, node, {"scale": attrs.scale, "zeropt": attrs.zero})
     ctx.emit("Quant", node, node.input[:1], attrs)
 
 
@@ -524,6 +525,19 @@ def _check_scale(node, scale: np.ndarray) -> None:
     if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
         bad = scale.reshape(-1)[~(np.isfinite(scale.reshape(-1)) & (scale.reshape(-1) > 0))]
         _refuse(node, f"scale must be finite and > 0, got {float(bad[0])}")
+
+
+def _same_shape(ctx: _Ctx, node, params: dict) -> None:
+    """Quantizer parameters broadcast onto the input; they must not change its shape."""
+    x_shape = ctx.shape(node.input[0])
+    for what, v in params.items():
+        try:
+            ok = np.broadcast_shapes(x_shape, np.shape(v)) == tuple(x_shape)
+        except ValueError:
+            ok = False
+        if not ok:
+            _refuse(node, f"'{what}' of shape {list(np.shape(v))} does not broadcast onto the input of shape "
+                          f"{list(x_shape)} (supported: one value, or one per channel, that keep the input's shape)")
 
 
 def _check_zero(node, zero: np.ndarray, bits: int) -> None:
@@ -536,6 +550,7 @@ def _bipolar(ctx: _Ctx, node) -> None:
     _only(node, _attrs(node), set())
     scale = ctx.const(node, 1, "scale").astype(np.float32)
     _check_scale(node, scale)
+    _same_shape(ctx, node, {"scale": scale})
     ctx.emit("BipolarQuant", node, node.input[:1], BipolarQuantAttrs(scale))
 
 
@@ -573,6 +588,7 @@ def _trunc(ctx: _Ctx, node) -> None:
             _refuse(node, f"{what} {bits} is not supported; supported: 1..{64 if what.startswith('input') else MAX_QUANT_BITS}")
     _check_scale(node, attrs.scale)
     _check_zero(node, attrs.zero, attrs.in_bits)
+    _same_shape(ctx, node, {"scale": attrs.scale, "zeropt": attrs.zero})
     if attrs.out_scale is not None:
         _check_scale(node, attrs.out_scale)
     ctx.emit("Trunc", node, node.input[:1], attrs)
@@ -606,13 +622,17 @@ def _qdq_type(ctx: _Ctx, node, zp_index: int) -> int:
     return t
 
 
-def _per_axis(ctx: _Ctx, node, v: np.ndarray, axis: int, rank: int) -> np.ndarray:
-    """A scale or zero point, shaped to broadcast along ``axis`` of a rank-``rank`` tensor."""
+def _per_axis(ctx: _Ctx, node, v: np.ndarray, axis: int, x_shape: tuple[int, ...]) -> np.ndarray:
+    """A scale or zero point, shaped to broadcast along ``axis`` of a tensor of shape ``x_shape``."""
     v = np.asarray(v)
     if v.size <= 1:
         return v.reshape(())
     if v.ndim != 1:
         _refuse(node, "blocked quantization (block_size) is not supported; use per-tensor or per-axis")
+    rank = len(x_shape)
+    if not -rank <= axis < rank or x_shape[axis] != v.size:
+        _refuse(node, f"{v.size} scales or zero points for axis {axis} of a tensor of shape {list(x_shape)}; "
+                      f"per-axis parameters need one value per element of that axis")
     shape = [1] * rank
     shape[axis % rank] = v.size
     return v.reshape(shape)
@@ -622,11 +642,11 @@ def _qparams(ctx: _Ctx, node, x: str, si: int, zi: int, axis: int):
     """(scale, zero point, (qmin, qmax, bits)) of a Q/DQ-style node, broadcastable to ``x``."""
     if _attrs(node).get("block_size", 0):
         _refuse(node, "blocked quantization (block_size) is not supported")
-    rank = len(ctx.shape(x))
-    scale = _per_axis(ctx, node, ctx.const(node, si, "scale").astype(np.float32), axis, rank)
+    x_shape = ctx.shape(x)
+    scale = _per_axis(ctx, node, ctx.const(node, si, "scale").astype(np.float32), axis, x_shape)
     _check_scale(node, scale)
     zp = ctx.const(node, zi, "zero_point", required=False)
-    zp = np.zeros((), np.int64) if zp is None else _per_axis(ctx, node, zp.astype(np.int64), axis, rank)
+    zp = np.zeros((), np.int64) if zp is None else _per_axis(ctx, node, zp.astype(np.int64), axis, x_shape)
     return scale, zp, QDQ_RANGES[_qdq_type(ctx, node, zi)]
 
 
@@ -662,10 +682,9 @@ def _dequantize_linear(ctx: _Ctx, node) -> None:
     axis = int(_attrs(node).get("axis", 1))
     if ctx.is_const(x) and ctx.elem_type.get(ctx.name(x)) not in QDQ_RANGES:  # e.g. an int32 bias
         w = ctx.const(node, 0, "x").astype(np.float64)
-        rank = w.ndim
-        scale = _per_axis(ctx, node, ctx.const(node, 1, "scale").astype(np.float32), axis, rank)
+        scale = _per_axis(ctx, node, ctx.const(node, 1, "scale").astype(np.float32), axis, w.shape)
         zp = ctx.const(node, 2, "zero_point", required=False)
-        zp = 0 if zp is None else _per_axis(ctx, node, zp.astype(np.float64), axis, rank)
+        zp = 0 if zp is None else _per_axis(ctx, node, zp.astype(np.float64), axis, w.shape)
         ctx.extra_consts[node.output[0]] = ((w - zp).astype(np.float32) * scale).astype(np.float32)
         return
     if ctx.is_const(x):  # quantized weights: the float values, re-quantized so their levels are known

@@ -96,6 +96,21 @@ def _drop_init(model, name):
     return model
 
 
+def qdq_model(w_scale=None, w_axis=0, x_scale=0.05, x_zero=128):
+    """x -> QuantizeLinear(uint8) -> DequantizeLinear -> Conv(DequantizeLinear(int8 W, per channel)) -> y."""
+    rng = np.random.default_rng(1)
+    w = rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
+    w_scale = np.full(4, 0.01, np.float32) if w_scale is None else np.asarray(w_scale, np.float32)
+    inits = [_init("xs", x_scale), _init("xz", x_zero, np.uint8), _init("W", w, np.int8), _init("ws", w_scale),
+             _init("wz", np.zeros(w_scale.shape, np.int8), np.int8)]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="quantize_x"),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"], name="dequantize_x"),
+             helper.make_node("DequantizeLinear", ["W", "ws", "wz"], ["Wd"], name="dequantize_w", axis=w_axis),
+             helper.make_node("Conv", ["xd", "Wd"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c"], ["y"], name="flatten", axis=1)]
+    return _model(nodes, inits, domains=())
+
+
 def _shape_model(dims):
     """x (the given dims, written raw so invalid values survive) -> Relu -> y."""
     vi = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
@@ -266,6 +281,14 @@ def cases():
     add("initializer_short_data.onnx", m.SerializeToString(), "raw_data size (10 bytes) is too small",
         what="W declares 108 floats but holds 10 bytes")
 
+    add("qdq_zero_scale.onnx", qdq_model(x_scale=0.0).SerializeToString(), "scale must be finite and > 0, got 0",
+        what="QuantizeLinear scale 0")
+    add("qdq_per_axis_mismatch.onnx", qdq_model(w_scale=np.full(3, 0.01)).SerializeToString(),
+        "3 scales or zero points for axis 0 of a tensor of shape [4, 3, 3, 3]",
+        what="DequantizeLinear with 3 per-axis scales for a weight of 4 output channels (a numpy error)")
+    add("qdq_axis_out_of_range.onnx", qdq_model(w_axis=5).SerializeToString(), "axis 5",
+        what="DequantizeLinear per-axis scales on axis 5 of a rank-4 weight")
+
     # found by mutating the base model: each was a crash, an internal error or a wrong answer
     add("fixed_batch_2.onnx", base_model(in_shape=(2, 3, 6, 6)).SerializeToString(), "fixed batch dimension of 2",
         what="input dims [2, 3, 6, 6]: the session wrote 2 samples into a 1-sample buffer (heap corruption)")
@@ -296,6 +319,11 @@ def cases():
     m.graph.node[4].input[0] = "ct"
     add("transpose_bad_perm.onnx", m.SerializeToString(), "perm [1, 0] is not a permutation of the 4 axes",
         what="Transpose perm [1, 0] on a rank-4 tensor (IndexError)")
+
+    m = base_model()
+    _replace_init(m, "x_scale", np.full((3, 1, 1, 1), 0.125))
+    add("quant_scale_grows_input.onnx", m.SerializeToString(), "does not broadcast onto the input",
+        what="Quant scale of shape [3, 1, 1, 1] on a [1, 3, 6, 6] input (grew the batch; internal error)")
 
     # inputs given to `qcc check --inputs`, for a valid model: wrong shape, non-numeric, not an npz
     x = np.zeros((2, 1, 8, 9), np.float32)

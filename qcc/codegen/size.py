@@ -12,7 +12,10 @@ report says so instead of guessing:
   padding the kernels need) against the same layers' weights in fp32 (``qcc inspect``'s
   ``LayerInfo``) and, when known, every initializer of the fp32 twin model;
 - arena bytes (the one buffer the caller provides) against the sum of all activation tensors
-  and im2col scratch rows, which is what they would take without reuse.
+  and im2col scratch rows, which is what they would take without reuse;
+- stack bytes of one call, from GCC's ``-fstack-usage``: the frame of ``<name>_run`` plus the
+  largest frame of the functions it calls (the kernels are leaves but for memcpy/memset), so
+  the RAM a call needs is the arena plus this (plus the caller's own frames).
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ class Sections:
     data: int
     bss: int
     tool: str  # the command that measured them, e.g. "arm-none-eabi-size -A"
+    stack: int | None = None  # bytes of stack one call takes (-fstack-usage), None if unknown
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,25 @@ def parse_size_a(text: str) -> dict[str, int]:
     return out
 
 
+def call_stack_bytes(su_text: str, name: str) -> int | None:
+    """Stack of one ``<name>_run`` call from GCC's ``.su`` lines (``file:line:col:function<TAB>bytes<TAB>kind``):
+    its frame plus the largest other frame (every kernel is called from ``<name>_run`` and calls
+    none but memcpy/memset); None if a frame is dynamic (alloca, VLA) or the run is missing."""
+    frames, run = [], None
+    for line in su_text.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        fn, size, kind = parts[0].rsplit(":", 1)[-1], int(parts[1]), parts[2]
+        if "dynamic" in kind and "bounded" not in kind:
+            return None
+        if fn == f"{name}_run":
+            run = size
+        elif fn != f"{name}_cpu_supported":
+            frames.append(size)
+    return None if run is None else run + max(frames, default=0)
+
+
 def _sum(sections: dict[str, int], prefix: str) -> int:
     return sum(v for k, v in sections.items() if k == prefix or k.startswith(prefix + "."))
 
@@ -102,8 +125,8 @@ def object_sections(c_text: str, h_text: str, name: str, t: Target) -> tuple[Sec
         (work / f"{name}.c").write_text(c_text)
         (work / f"{name}.h").write_text(h_text)
         (work / "qcc_rt.h").write_text((RUNTIME_DIR / "qcc_rt.h").read_text())
-        cmd = [t.cc, *flags, *OBJECT_CFLAGS, "-c", f"{name}.c", "-o", f"{name}.o"]
-        shown = " ".join(cmd[:-4])
+        cmd = [t.cc, *flags, *OBJECT_CFLAGS, "-fstack-usage", "-c", f"{name}.c", "-o", f"{name}.o"]
+        shown = " ".join([t.cc, *flags, *OBJECT_CFLAGS])
         try:
             r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
             if r.returncode != 0:
@@ -114,10 +137,12 @@ def object_sections(c_text: str, h_text: str, name: str, t: Target) -> tuple[Sec
             return None, f"not measured: {type(e).__name__}: {e}", shown
         if s.returncode != 0:
             return None, f"not measured: {t.size} failed: {s.stderr.strip()[:200]}", shown
+        su = work / f"{name}.su"
+        stack = call_stack_bytes(su.read_text(), name) if su.exists() else None
     sec = parse_size_a(s.stdout)
     relro = _sum(sec, ".data.rel.ro")  # const structs holding pointers, in position-independent code
     sections = Sections(text=_sum(sec, ".text"), rodata=_sum(sec, ".rodata") + relro, data=_sum(sec, ".data") - relro,
-                        bss=_sum(sec, ".bss"), tool=f"{t.size} -A")
+                        bss=_sum(sec, ".bss"), tool=f"{t.size} -A", stack=stack)
     return sections, "", shown
 
 
@@ -160,14 +185,15 @@ def _ratio(a: int, b: int) -> str:
 
 
 def format_report(r: SizeReport) -> str:
-    rows = [("target", "isa", "text", "rodata", "data", "bss", "weights", "vs fp32", "measured with")]
+    rows = [("target", "isa", "text", "rodata", "data", "bss", "stack", "weights", "vs fp32", "measured with")]
     for t in r.targets:
         s = t.sections
-        cells = (f"{s.text:,}", f"{s.rodata:,}", f"{s.data:,}", f"{s.bss:,}") if s else ("-",) * 4
+        cells = ((f"{s.text:,}", f"{s.rodata:,}", f"{s.data:,}", f"{s.bss:,}", "-" if s.stack is None else f"{s.stack:,}")
+                 if s else ("-",) * 5)
         rows.append((t.target, t.isa, *cells, f"{t.weight_bytes:,}", _ratio(r.fp32_layer_bytes, t.weight_bytes),
                      f"{s.tool} ({t.command})" if s else t.note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {2, 3, 4, 5, 6, 7}
+    right = {2, 3, 4, 5, 6, 7, 8}
     lines = [f"size of {r.source or 'the model'} as compiled, per target (bytes; the object of <name>.c):"]
     lines += ["  " + "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
               for row in rows]
@@ -185,7 +211,8 @@ def summary_line(r: SizeReport) -> str:
     """One line for ``qcc compile``: the first target's object and the two ratios."""
     t = r.targets[0]
     s = t.sections
-    obj = (f"text {s.text:,}, rodata {s.rodata:,}, data {s.data:,}, bss {s.bss:,} bytes ({s.tool})" if s else t.note)
+    stack = "" if s is None or s.stack is None else f", stack {s.stack:,}"
+    obj = (f"text {s.text:,}, rodata {s.rodata:,}, data {s.data:,}, bss {s.bss:,}{stack} bytes ({s.tool})" if s else t.note)
     where = t.target if t.target == t.isa or t.target == "cortex-m" else f"{t.target}, {t.isa}"
     return (f"size ({where}): {obj}; weights {t.weight_bytes:,} bytes vs {r.fp32_layer_bytes:,} fp32 "
             f"({_ratio(r.fp32_layer_bytes, t.weight_bytes)}); arena {r.arena_bytes:,} vs {r.activation_bytes + r.scratch_bytes:,} "

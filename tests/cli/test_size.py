@@ -22,7 +22,7 @@ from qcc.codegen.targets import TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "examples" / "models" / "digits_w2a2.onnx"
-ROW = re.compile(r"^  (\S+)\s+(\S+)\s+([\d,-]+)\s+([\d,-]+)\s+([\d,-]+)\s+([\d,-]+)\s+([\d,]+)\s+(\S+)\s+(.*)$")
+ROW = re.compile(r"^  (\S+)\s+(\S+)\s+([\d,-]+)\s+([\d,-]+)\s+([\d,-]+)\s+([\d,-]+)\s+([\d,-]+)\s+([\d,]+)\s+(\S+)\s+(.*)$")
 
 
 def _int(s: str) -> int:
@@ -41,11 +41,15 @@ def _rows(out: str) -> dict[str, tuple]:
 
 
 def _measure(target: str, tmp: Path) -> dict[str, int]:
-    """Compile the bundle for ``target`` as a user would, then the target's compiler and size tool."""
+    """Compile the bundle for ``target`` as a user would, then the target's compiler and size tool
+    (when this machine has them)."""
     t = TARGETS[target]
     b = qcc.compile(MODEL, tmp, target=target, name="m")
+    if not (shutil.which(t.cc) and shutil.which(t.size)):
+        return {"c": b.c.read_text(), "arena": b.arena_size}
     flags = [f for f in t.cflags if f != "-static"]
-    subprocess.run([t.cc, *flags, "-O2", "-std=c99", "-c", str(b.c), "-o", str(tmp / "m.o")], check=True)
+    subprocess.run([t.cc, *flags, "-O2", "-std=c99", "-fstack-usage", "-c", str(b.c), "-o", str(tmp / "m.o")], check=True)
+    frames = {ln.split("\t")[0].split(":")[-1]: int(ln.split("\t")[1]) for ln in (tmp / "m.su").read_text().splitlines()}
     out = subprocess.run([t.size, "-A", str(tmp / "m.o")], capture_output=True, text=True, check=True).stdout
     sec = {}
     for line in out.splitlines():
@@ -57,6 +61,7 @@ def _measure(target: str, tmp: Path) -> dict[str, int]:
             "rodata": sum(v for k, v in sec.items() if k.startswith(".rodata")) + relro,
             "data": sum(v for k, v in sec.items() if k.startswith(".data")) - relro,
             "bss": sum(v for k, v in sec.items() if k.startswith(".bss")), "c": b.c.read_text(),
+            "stack": frames["m_run"] + max(v for k, v in frames.items() if k not in ("m_run", "m_cpu_supported")),
             "arena": b.arena_size}
 
 
@@ -89,7 +94,7 @@ def test_inspect_size_reports_every_target_from_its_own_tools(tmp_path, capsys):
     fp32 = _onnx_fp32_weight_bytes(MODEL)
     assert fp32 == sum(i.fp32_bytes for i in layers)  # no dead channels in this model
     measured = 0
-    for target, (isa, text, rodata, data, bss, weights, ratio, tool) in rows.items():
+    for target, (isa, text, rodata, data, bss, stack, weights, ratio, tool) in rows.items():
         t = TARGETS[target]
         assert isa == t.isa
         m = _measure(target, tmp_path / target)
@@ -100,6 +105,7 @@ def test_inspect_size_reports_every_target_from_its_own_tools(tmp_path, capsys):
         if shutil.which(t.cc) and shutil.which(t.size):
             assert tool.startswith(f"{t.size} -A")
             assert (_int(text), _int(rodata), _int(data), _int(bss)) == (m["text"], m["rodata"], m["data"], m["bss"])
+            assert _int(stack) == m["stack"]
             assert _int(rodata) >= _int(weights)  # the weights are read-only data
             measured += 1
         else:
@@ -123,7 +129,7 @@ def test_inspect_size_reports_every_target_from_its_own_tools(tmp_path, capsys):
 def test_compile_prints_the_targets_size(tmp_path, capsys):
     out = _run(["compile", MODEL, "-o", tmp_path / "out", "--target", "cortex-m"], capsys)
     line = out.strip().splitlines()[-1]
-    m = re.fullmatch(r"size \(cortex-m\): text ([\d,]+), rodata ([\d,]+), data ([\d,]+), bss ([\d,]+) bytes "
+    m = re.fullmatch(r"size \(cortex-m\): text ([\d,]+), rodata ([\d,]+), data ([\d,]+), bss ([\d,]+), stack [\d,]+ bytes "
                      r"\(arm-none-eabi-size -A\); weights ([\d,]+) bytes vs ([\d,]+) fp32 \(\S+\); "
                      r"arena ([\d,]+) vs ([\d,]+) bytes without reuse \(\S+\)", line)
     assert m, line
@@ -144,4 +150,4 @@ def test_absent_size_tool_is_named(monkeypatch):
     text = r.format()
     assert "not measured: arm-none-eabi-size not installed" in text
     row = _rows(text)["cortex-m"]
-    assert row[1:5] == ("-", "-", "-", "-") and _int(row[5]) > 0  # weights are known without the tool
+    assert row[1:6] == ("-",) * 5 and _int(row[6]) > 0  # weights are known without the tool

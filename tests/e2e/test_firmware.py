@@ -10,6 +10,7 @@ order). Skipped, with the reason, only where arm-none-eabi-gcc or qemu-system-ar
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 import shutil
@@ -177,6 +178,13 @@ def test_firmware_matches_host_bit_for_bit(model, tmp_path):
     assert sizes["arena"] == low.meta["arena_size"]
     assert sizes["bss"] >= sizes["arena"]
     assert 0 < sizes["stack_used"] < sizes["stack"]
+    # qcc's estimate (gcc -fstack-usage, hard float as here) against the stack the run really used
+    from qcc.codegen.size import object_sections
+    from qcc.codegen.render import render
+    src = render(low, model, "", isa="scalar")
+    hard = dataclasses.replace(CM, cflags=CM.cflags + fw.FLOAT_ABI["hard"])
+    estimate = object_sections(src.c, src.h, model, hard)[0].stack
+    assert estimate <= sizes["stack_used"] <= estimate + 512  # + main, the startup and semihosting frames
     assert 0 < sizes["model_code"] and sizes["model_code"] + sizes["model_constants"] < sizes["flash"]
     assert sizes["ram"] >= sizes["data"] + sizes["bss"] + sizes["stack"]
     elf = tmp_path / model / "fw.elf"

@@ -138,3 +138,28 @@ def test_valgrind_fuzz_graphs(seed, tmp_path):
     spec = fuzzgen.random_spec(seed)
     out = runner.run_case(spec, samples=2, runner=run)
     assert out.status in ("ok", "refused"), f"{out.status}: {out.detail}"
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
+def test_valgrind_flags_uninitialised_arena_reads(tmp_path):
+    """The valgrind mode can fail: a model that reads arena bytes it never wrote is reported
+    (with -DQCC_HARNESS_NO_FILL the arena is uninitialised malloc memory)."""
+    from qcc.api import lower_model
+    from qcc.codegen.program import build_program, run_program
+    from qcc.codegen.render import render
+    from qcc.codegen.targets import target
+    from qcc.errors import QccError
+
+    case = fuzzgen.build(fuzzgen.random_spec(SEEDS), samples=1)
+    _, low = lower_model(case.model)
+    src = render(low, "model", isa="scalar")
+    bad_c = src.c.replace("int model_run(", "static int model_run_inner(", 1)
+    bad_c += ("\nint model_run(const float *input, float *output, void *arena) {\n"
+              "    const float stale = *(const float *)arena;\n"
+              "    const int r = model_run_inner(input, output, arena);\n"
+              "    output[0] += stale * 0.0f;\n    return r;\n}\n")
+    exe = build_program(src.__class__(**{**src.__dict__, "c": bad_c}), "model", target("scalar"), tmp_path,
+                        ("-g", "-O1", "-DQCC_HARNESS_NO_FILL"))
+    n_out = sum(int(np.prod(low.tensors[o].shape[1:])) for o in low.outputs)
+    with pytest.raises(QccError, match="status 99"):
+        run_program(exe, target("scalar"), case.feeds["x"], n_out, wrapper=("valgrind", "--error-exitcode=99", "-q"))

@@ -509,6 +509,7 @@ def _rounding(node, a: dict, default: str) -> str:
 
 
 MAX_QUANT_BITS = 16
+SCALE_EXP = 48  # scales are in 2^-48..2^48
 
 
 def _quant(ctx: _Ctx, node) -> None:
@@ -531,6 +532,10 @@ def _check_scale(node, scale: np.ndarray) -> None:
     if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
         bad = scale.reshape(-1)[~(np.isfinite(scale.reshape(-1)) & (scale.reshape(-1) > 0))]
         _refuse(node, f"scale must be finite and > 0, got {float(bad[0])}")
+    if np.any(scale < 2.0 ** -SCALE_EXP) or np.any(scale > 2.0 ** SCALE_EXP):
+        bad = scale.reshape(-1)[np.argmax(np.abs(np.log2(scale.reshape(-1))))]
+        _refuse(node, f"scale {float(bad):g} is outside the supported range 2^-{SCALE_EXP}..2^{SCALE_EXP} "
+                      f"(products of such scales and levels would overflow float32)")
 
 
 def _same_shape(ctx: _Ctx, node, params: dict) -> None:
@@ -544,6 +549,11 @@ def _same_shape(ctx: _Ctx, node, params: dict) -> None:
         if not ok:
             _refuse(node, f"'{what}' of shape {list(np.shape(v))} does not broadcast onto the input of shape "
                           f"{list(x_shape)} (supported: one value, or one per channel, that keep the input's shape)")
+        full = (1,) * (len(x_shape) - np.ndim(v)) + tuple(np.shape(v))
+        varying = [k for k, d in enumerate(full) if d != 1 and k != 1]
+        if varying and not ctx.is_const(node.input[0]):  # weights may vary along any axis
+            _refuse(node, f"'{what}' of shape {list(np.shape(v))} varies along axis {varying[0]} of the input of shape "
+                          f"{list(x_shape)}; supported on activations: one value, or one per channel (axis 1)")
 
 
 def _check_zero(node, zero: np.ndarray, bits: int) -> None:

@@ -231,6 +231,8 @@ def cases():
         what="an Inf MultiThreshold threshold")
     add("zero_scale.onnx", base_model(scale=0.0).SerializeToString(), "scale must be finite and > 0",
         what="Quant scale 0")
+    add("huge_scale.onnx", base_model(scale=1e30).SerializeToString(), "scale 1e+30 is outside the supported range",
+        what="Quant scale 1e30 (a mutant with such a scale compiled and disagreed with onnxruntime)")
     add("negative_scale.onnx", base_model(wscale=-0.5).SerializeToString(), "scale must be finite and > 0",
         what="BipolarQuant scale -0.5")
     add("bitwidth_0.onnx", base_model(bits=0.0).SerializeToString(), "bit width 0 is not supported; supported: 1..",
@@ -324,6 +326,11 @@ def cases():
     _replace_init(m, "x_scale", np.full((3, 1, 1, 1), 0.125))
     add("quant_scale_grows_input.onnx", m.SerializeToString(), "does not broadcast onto the input",
         what="Quant scale of shape [3, 1, 1, 1] on a [1, 3, 6, 6] input (grew the batch; internal error)")
+
+    m = base_model()
+    _replace_init(m, "x_scale", np.full(6, 0.125))
+    add("quant_scale_per_column.onnx", m.SerializeToString(), "varies along axis 3",
+        what="an activation Quant with one scale per column (axis 3): fold_thresholds crashed")
 
     # inputs given to `qcc check --inputs`, for a valid model: wrong shape, non-numeric, not an npz
     x = np.zeros((2, 1, 8, 9), np.float32)

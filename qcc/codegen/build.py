@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import qcc
@@ -76,10 +77,20 @@ def build(sources: Sources, name: str, extra_cflags: tuple[str, ...] = (), profi
     return mod.ffi, mod.lib
 
 
+_OUTPUT_LOCK = threading.Lock()  # file descriptors 1 and 2 are per process: one redirection at a time
+
+
 @contextlib.contextmanager
 def _captured_output(log: Path):
     """Send what the C compiler prints (to file descriptors 1 and 2) to ``log``, so that a
     build adds nothing to the program's output; the log stays in the cache entry."""
+    with _OUTPUT_LOCK:
+        with _redirected(log):
+            yield log
+
+
+@contextlib.contextmanager
+def _redirected(log: Path):
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]

@@ -66,3 +66,43 @@ def test_a_build_that_loses_the_race_uses_the_winner(tmp_path, monkeypatch):
     again = build._compile(src, "model", so.name.split(".")[0], build.CFLAGS, entry, False)
     assert again == so and so.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [entry.name]
+
+
+def test_compiler_output_stays_in_the_log(tmp_path, monkeypatch, capfd):
+    """A warning goes to the cache entry's compiler.log, not the terminal; a failing build is a
+    one-line QccError naming the compiler's first error; threads building at once leave file
+    descriptors 1 and 2 where they were."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pytest
+
+    from qcc import QccError
+    from qcc.codegen import build
+    from qcc.codegen.render import Sources
+
+    monkeypatch.setenv("QCC_CACHE_DIR", str(tmp_path))
+    h = "int {n}_run(const float *input, float *output, void *arena);\nint {n}_cpu_supported(void);\n"
+    body = "int {n}_run(const float *input, float *output, void *arena) {{ int unused_{k}; (void)arena; " \
+           "output[0] = input[0] + {k}; return 0; }}\nint {n}_cpu_supported(void) {{ return 1; }}\n"
+
+    def one(k):
+        n = f"m{k}"
+        ffi, lib = build.build(Sources("#warning qcc-test-warning\n" + body.format(n=n, k=k), h.format(n=n)), n,
+                               extra_cflags=("-Wall",))
+        out = ffi.new("float[1]")
+        assert getattr(lib, f"{n}_run")(ffi.new("float[1]", [1.5]), out, ffi.NULL) == 0
+        return out[0]
+
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(one, range(3))) == [1.5, 2.5, 3.5]
+    print("still on stdout")
+    out, err = capfd.readouterr()
+    assert out == "still on stdout\n" and "qcc-test-warning" not in err
+    logs = [p.read_text() for p in tmp_path.glob("*/compiler.log")]
+    assert len(logs) == 3 and all("qcc-test-warning" in t for t in logs)
+
+    with pytest.raises(QccError, match="the C compiler failed") as e:
+        build.build(Sources("int broken(void) { return }\n", h.format(n="bad")), "bad")
+    assert "\n" not in str(e.value) and "error" in str(e.value)
+    assert capfd.readouterr() == ("", "")
+    assert not list(tmp_path.glob(".build-*"))  # the failed build's directory is gone

@@ -107,6 +107,7 @@ class _Ctx:
     consts: dict[str, np.ndarray]
     example: dict[str, np.ndarray]
     max_bytes: int = MAX_TENSOR_BYTES
+    dynamic_batch: bool = False  # some input's first dimension is symbolic (bound to the batch)
     alias: dict[str, str] = field(default_factory=dict)
     nodes: list[Node] = field(default_factory=list)
     extra_consts: dict[str, np.ndarray] = field(default_factory=dict)
@@ -395,6 +396,9 @@ def _flatten(ctx: _Ctx, node) -> None:
     rank = len(ctx.shape(node.input[0]))
     if not -rank <= axis <= rank:
         _refuse(node, f"axis {axis} is out of range for an input of rank {rank}; supported: {-rank}..{rank}")
+    if axis % (rank + 1) == 0 and ctx.dynamic_batch:
+        _refuse(node, "Flatten axis 0 merges the (dynamic) batch into the features, so samples would not be "
+                      "independent; supported: axis >= 1")
     ctx.emit("Flatten", node, node.input[:1], FlattenAttrs(axis))
 
 
@@ -887,7 +891,9 @@ def import_model(source, batch: int = 1, max_bytes: int | None = None) -> Graph:
                            f"{onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)}; only float32 inputs are supported")
         example[vi.name] = np.zeros(_dims(vi, batch, "input"), np.float32)
 
-    ctx = _Ctx(consts, example, max_bytes=max_bytes, elem_type=etypes)
+    dynamic = any(vi.type.tensor_type.shape.dim and not vi.type.tensor_type.shape.dim[0].HasField("dim_value")
+                  for vi in inputs)
+    ctx = _Ctx(consts, example, max_bytes=max_bytes, dynamic_batch=dynamic, elem_type=etypes)
     for n in g.node:
         if n.op_type == "Constant" and n.domain in STANDARD_DOMAINS:
             continue

@@ -297,6 +297,10 @@ def cases():
     add("flatten_merges_batch.onnx", _with_node(base_model(), 4, axis=3).SerializeToString(),
         "its first dimension is not the batch", commands=["check"],
         what="Flatten axis 3 gives [4, 1]: compiles (the C is consistent), but run() wrote past its buffer")
+    m = _with_node(base_model(), 4, axis=0)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    add("flatten_axis_0_dynamic_batch.onnx", m.SerializeToString(), "Flatten axis 0 merges the (dynamic) batch",
+        what="Flatten axis 0 with a dynamic batch: onnxruntime mixes the samples, qcc ran them one by one")
     add("flatten_axis_out_of_range.onnx", _with_node(base_model(), 4, axis=7).SerializeToString(),
         "axis 7 is out of range", what="Flatten axis 7 on a rank-4 tensor (was compiled)")
     add("multithreshold_rows.onnx", base_model(thresholds=np.zeros((3, 3))).SerializeToString(),

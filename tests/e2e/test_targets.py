@@ -114,32 +114,7 @@ def _models() -> dict:
                                    .astype(np.float32), True)
     m["qdq-int4"] = ((lambda: test_int8.narrow_qdq("INT4")),
                      lambda: (np.random.default_rng(5).integers(-24, 24, (N, 4, 5, 5)) * 0.125).astype(np.float32), True)
-    m["ort-qoperator-uint8"] = (_ort_qoperator, lambda: np.random.default_rng(3).standard_normal((N, 3, 8, 7))
-                                .astype(np.float32), True)
     return m
-
-
-def _ort_qoperator():
-    """test_int8's float CNN quantized by onnxruntime.quantization (QOperator: QLinearConv, uint8
-    activations, per-channel int8 weights)."""
-    import tempfile
-
-    import test_int8
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    rng = np.random.default_rng(0)
-    calib = iter([{"x": rng.standard_normal((1, 3, 8, 7)).astype(np.float32)} for _ in range(8)])
-
-    class Reader(CalibrationDataReader):
-        def get_next(self):
-            return next(calib, None)
-
-    with tempfile.TemporaryDirectory() as d:
-        src, dst = Path(d) / "float.onnx", Path(d) / "int8.onnx"
-        onnx.save(test_int8.float_cnn(rng), src)
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QOperator,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
-        return onnx.load(dst)
 
 
 MODEL_CASES = _models()

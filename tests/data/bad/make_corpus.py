@@ -168,21 +168,21 @@ def cases():
     add("weight_is_graph_input_1.onnx", m.SerializeToString(), "must be a constant",
         what="conv weight [1, 3, 3, 3] declared as a graph input without an initializer")
 
-    add("conv_weight_channels.onnx", base_model(w_shape=(4, 5, 3, 3)).SerializeToString(), "channels",
+    add("conv_weight_channels.onnx", base_model(w_shape=(4, 5, 3, 3)).SerializeToString(), "takes 5 input channels, the input 'xq' has 3",
         what="conv weight has 5 input channels, the input has 3")
 
     add("kernel_shape_mismatch.onnx", _with_node(base_model(), 2, kernel_shape=[5, 5]).SerializeToString(),
-        "kernel_shape", what="kernel_shape [5, 5] but a 3x3 weight")
+        "kernel_shape [5, 5] disagrees with the weight's shape [4, 3, 3, 3]", what="kernel_shape [5, 5] but a 3x3 weight")
 
     add("zero_dim.onnx", _shape_model([1, 0, 8, 8]).SerializeToString(), "dimension 1 is 0",
         what="input dims [1, 0, 8, 8]")
     add("negative_dim.onnx", _shape_model([1, -3, 8, 8]).SerializeToString(), "dimension 1 is -3",
         what="input dims [1, -3, 8, 8]")
-    add("overflow_dims.onnx", _shape_model([1, 2 ** 40, 2 ** 40, 2 ** 40]).SerializeToString(), "elements",
+    add("overflow_dims.onnx", _shape_model([1, 2 ** 40, 2 ** 40, 2 ** 40]).SerializeToString(), "has 1.33e+36 elements, above the limit of 1 GiB",
         what="input dims whose product overflows int64")
-    add("huge_input.onnx", _shape_model([1, 64, 8192, 8192]).SerializeToString(), "above the limit",
+    add("huge_input.onnx", _shape_model([1, 64, 8192, 8192]).SerializeToString(), "(16 GiB as float32), above the limit of 1 GiB",
         what="a 16 GiB input tensor, refused under the default 1 GiB limit")
-    add("huge_pads.onnx", _with_node(base_model(), 2, pads=[2 ** 20] * 4).SerializeToString(), "above the limit",
+    add("huge_pads.onnx", _with_node(base_model(), 2, pads=[2 ** 20] * 4).SerializeToString(), "output 'c' of shape [1, 4, 2097156, 2097156]",
         what="conv pads of 2**20: a 16 TiB output")
     add("arena_limit.onnx", good, "the arena needs",
         what="a valid model whose 1280-byte arena exceeds --max-arena 1K", args=["--max-arena", "1K"])
@@ -202,32 +202,32 @@ def cases():
     [m.graph.node[2].attribute.remove(a) for a in list(m.graph.node[2].attribute) if a.name == "pads"]
     add("conv_auto_pad_same_lower.onnx", m.SerializeToString(), "auto_pad=SAME_LOWER is not supported",
         what="Conv auto_pad SAME_LOWER")
-    add("conv_stride_0.onnx", _with_node(base_model(), 2, strides=[0, 0]).SerializeToString(), "strides",
+    add("conv_stride_0.onnx", _with_node(base_model(), 2, strides=[0, 0]).SerializeToString(), "strides [0, 0] are not supported; strides must be two integers >= 1",
         what="Conv strides [0, 0]")
-    add("conv_group_3_of_4.onnx", _with_node(base_model(), 2, group=3).SerializeToString(), "group",
+    add("conv_group_3_of_4.onnx", _with_node(base_model(), 2, group=3).SerializeToString(), "group 3 does not divide the weight's 4 output channels",
         what="Conv group 3: does not divide 4 output channels")
     add("quant_rounding_mode.onnx", base_model(rounding="STOCHASTIC").SerializeToString(),
         "rounding_mode=STOCHASTIC is not supported", what="Quant rounding_mode STOCHASTIC")
     m = base_model()
     m.graph.node[0].attribute.append(helper.make_attribute("frobnicate", 1))
-    add("quant_unknown_attribute.onnx", m.SerializeToString(), "not supported; supported:",
+    add("quant_unknown_attribute.onnx", m.SerializeToString(), "attribute(s) ['frobnicate'] not supported; supported: ['narrow', 'rounding_mode', 'signed']",
         what="Quant with an attribute QONNX does not define")
 
     w = np.random.default_rng(0).uniform(-1, 1, (4, 3, 3, 3)).astype(np.float32)
     w_nan, w_inf = w.copy(), w.copy()
     w_nan[1, 2, 0, 1] = np.nan
     w_inf[3, 0, 2, 2] = -np.inf
-    add("nan_weight.onnx", base_model(w=w_nan).SerializeToString(), "NaN", what="a NaN in the conv weight")
-    add("inf_weight.onnx", base_model(w=w_inf).SerializeToString(), "Inf", what="-Inf in the conv weight")
-    add("nan_scale.onnx", base_model(scale=np.nan).SerializeToString(), "NaN", what="Quant scale NaN")
-    add("inf_scale.onnx", base_model(wscale=np.inf).SerializeToString(), "Inf", what="BipolarQuant scale Inf")
+    add("nan_weight.onnx", base_model(w=w_nan).SerializeToString(), "initializer 'W' (input 0) contains NaN", what="a NaN in the conv weight")
+    add("inf_weight.onnx", base_model(w=w_inf).SerializeToString(), "initializer 'W' (input 0) contains Inf", what="-Inf in the conv weight")
+    add("nan_scale.onnx", base_model(scale=np.nan).SerializeToString(), "initializer 'x_scale' (input 1) contains NaN", what="Quant scale NaN")
+    add("inf_scale.onnx", base_model(wscale=np.inf).SerializeToString(), "initializer 'w_scale' (input 1) contains Inf", what="BipolarQuant scale Inf")
     thr = np.tile(np.array([[-2.0, 0.0, 2.0]], np.float32), (4, 1))
     t_nan, t_inf = thr.copy(), thr.copy()
     t_nan[2, 1] = np.nan
     t_inf[0, 2] = np.inf
-    add("nan_threshold.onnx", base_model(thresholds=t_nan).SerializeToString(), "NaN",
+    add("nan_threshold.onnx", base_model(thresholds=t_nan).SerializeToString(), "node 'threshold' (MultiThreshold): initializer 'thr' (input 1) contains NaN",
         what="a NaN MultiThreshold threshold")
-    add("inf_threshold.onnx", base_model(thresholds=t_inf).SerializeToString(), "Inf",
+    add("inf_threshold.onnx", base_model(thresholds=t_inf).SerializeToString(), "node 'threshold' (MultiThreshold): initializer 'thr' (input 1) contains Inf",
         what="an Inf MultiThreshold threshold")
     add("zero_scale.onnx", base_model(scale=0.0).SerializeToString(), "scale must be finite and > 0",
         what="Quant scale 0")
@@ -262,7 +262,7 @@ def cases():
 
     m = base_model()
     m.graph.node[4].output[0] = "c"  # flatten writes the conv's output again
-    add("not_ssa.onnx", m.SerializeToString(), "SSA", what="two nodes write one tensor")
+    add("not_ssa.onnx", m.SerializeToString(), "single static assignment (SSA)", what="two nodes write one tensor")
 
     m = base_model()
     m.graph.initializer.append(_init("bias", np.zeros(5)))
@@ -288,7 +288,7 @@ def cases():
     add("qdq_per_axis_mismatch.onnx", qdq_model(w_scale=np.full(3, 0.01)).SerializeToString(),
         "3 scales or zero points for axis 0 of a tensor of shape [4, 3, 3, 3]",
         what="DequantizeLinear with 3 per-axis scales for a weight of 4 output channels (a numpy error)")
-    add("qdq_axis_out_of_range.onnx", qdq_model(w_axis=5).SerializeToString(), "axis 5",
+    add("qdq_axis_out_of_range.onnx", qdq_model(w_axis=5).SerializeToString(), "for axis 5 of a tensor of shape [4, 3, 3, 3]",
         what="DequantizeLinear per-axis scales on axis 5 of a rank-4 weight")
 
     # found by mutating the base model: each was a crash, an internal error or a wrong answer

@@ -722,6 +722,9 @@ ICONV_ALL = [
     ConvCase("i8", "w8", 8, 8, hw=(5, 5), group=8, out="i16s"),  # depthwise
     ConvCase("i8", "w8", 65, 130, hw=(3, 3), k=(1, 1), pads=(0, 0, 0, 0), group=65, out="i2"),  # depthwise x2
     ConvCase("i8", "w8", 100, 1, hw=(1, 1), out="f32_bias", n=2),
+    # 65 channels per group: a block of 4 output channels straddles a 64-bit word of the planes
+    ConvCase("i8", "w8", 130, 130, hw=(3, 3), group=2, out="pm1"),
+    ConvCase("i8", "w8", 20, 130, hw=(3, 3), group=2, out="u2"),
     ConvCase("u4", "w8", 3, 4, hw=(7, 6), k=(5, 5), s=(2, 2), pads=(2, 0, 1, 2), out="u1"),
     ConvCase("i8", "w8", 512, 2, hw=(3, 3), out="f32_off", data="extreme"),  # |acc| up to 7.5e7 > 2^24
     # the lowering's widening: bit planes unpacked to int16 for grouped or wide-pair layers
@@ -1584,15 +1587,10 @@ def neon_quant_formula_cases() -> list[Case]:
     return cases
 
 
-# Grouped int16 convs whose 4-channel output blocks straddle a 64-bit word of the output planes
-# (65 channels per group): the NEON output transform writes such a block into two words.
-ICONV_WORD_EDGE = [ConvCase("i8", "w8", 130, 130, hw=(3, 3), group=2, out="pm1"),
-                   ConvCase("i8", "w8", 20, 130, hw=(3, 3), group=2, out="u2")]
-
 NEON_SUITES = {
     "bgemm": [(layer_case, BGEMM_CASES)],
     "pgemm": [(layer_case, PGEMM_CASES)],
-    "iconv": [(layer_case, ICONV_CASES), (layer_case, IKCONV_CASES), (layer_case, ICONV_WORD_EDGE)],
+    "iconv": [(layer_case, ICONV_CASES), (layer_case, IKCONV_CASES)],
     "fconv": [(layer_case, FCONV_CASES), (layer_case, FKCONV_CASES)],
     "quantize": [(quant_case, QUANT_CASES), (None, neon_quant_formula_cases)],
     "other": [(pool_case, POOL_CASES), (unpack_case, UNPACK_CASES), (ew_case, EW_CASES), (ew2_case, EW2_CASES),

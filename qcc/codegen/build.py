@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -25,7 +26,10 @@ CFLAGS = ["-O2", "-std=c99", "-ffp-contract=off", "-fno-strict-aliasing"]
 
 
 def host_isa() -> str:
-    """The best kernel ISA this machine runs: ``avx2`` on x86 with AVX2, else ``scalar``."""
+    """The best kernel ISA this machine runs: ``neon`` on aarch64 (NEON is part of Armv8-A),
+    ``avx2`` on x86 with AVX2 (the build checks CPUID again at run time), else ``scalar``."""
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "neon"
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "")

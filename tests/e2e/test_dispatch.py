@@ -65,3 +65,11 @@ def test_native_session_falls_back_to_scalar(monkeypatch):
     np.testing.assert_array_equal(s.run(None, feed)[0], ref.run(None, feed)[0])
     with pytest.raises(QccError, match="cannot run on this CPU"):
         InferenceSession(MODEL, target="avx2")
+
+
+def test_host_isa_on_arm_is_neon(monkeypatch):
+    import platform
+
+    from qcc.codegen.build import host_isa
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert host_isa() == "neon"

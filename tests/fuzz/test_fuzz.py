@@ -3,9 +3,10 @@ compared with onnxruntime on the oracle graph (quantized outputs bit for bit, fl
 within tolerance with the same argmax). See ``fuzzgen.py`` and ``runner.py``.
 
 The default suite runs a bounded slice (``CHUNKS`` x ``PER_CHUNK`` seeds, chunked so pytest-xdist
-balances); ``-m slow`` adds a longer slice. ``python tests/fuzz/run.py --count 1000`` is the long
+balances); ``QCC_FUZZ_LONG=1`` adds a longer slice (marked ``slow``). ``python tests/fuzz/run.py --count 1000`` is the long
 mode with shrinking."""
 import collections
+import os
 
 import numpy as np
 import pytest
@@ -32,6 +33,8 @@ def test_fuzz_slice(chunk):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("QCC_FUZZ_LONG"), reason="longer fuzz slice: set QCC_FUZZ_LONG=1 "
+                    "(or run tests/fuzz/run.py --count 1000)")
 @pytest.mark.parametrize("chunk", range(CHUNKS, CHUNKS + SLOW_CHUNKS))
 def test_fuzz_long(chunk):
     _check_chunk(range(chunk * PER_CHUNK, (chunk + 1) * PER_CHUNK))

@@ -23,7 +23,7 @@ def _compile(args) -> int:
     for note in b.notes:
         print(f"qcc: {note}")
     print(f"wrote {b.c}, {b.h}, {b.runtime} (arena {b.arena_size} bytes)")
-    print(_size_line(args))
+    print(_size_line(args, b.lowered))
     return 0
 
 
@@ -99,13 +99,12 @@ def _size_report(model, low, targets, name="model"):
     return size_report(low, targets, name=name, source=os.path.basename(os.fspath(model)), fp32_model_bytes=fp32)
 
 
-def _size_line(args) -> str:
+def _size_line(args, low) -> str:
     """``qcc compile``'s last line: the bundle's object size for its target, weights and arena ratios."""
-    from qcc import api
     from qcc.codegen.size import summary_line
 
     try:
-        return summary_line(_size_report(args.model, api.lower_model(args.model)[1], [args.target], args.name))
+        return summary_line(_size_report(args.model, low, [args.target], args.name))
     except QccError as e:
         return f"size: not measured: {e}"
 
@@ -139,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="write the C bundle (<name>.c, <name>.h, qcc_rt.h)")
     c.add_argument("model")
-    c.add_argument("-o", "--out", default="build", help="output directory (default: build)")
+    c.add_argument("-o", "--out", default="out", help="output directory (default: out)")
     c.add_argument("--name", default="model", help="prefix of every public C symbol (default: model)")
     c.add_argument("--target", default="native",
                    help="; ".join(f"{t.name}: {t.help}" for t in TARGETS.values()) + " (default: native)")

@@ -120,9 +120,8 @@ def _compile(sources: Sources, name: str, module: str, flags: list[str], final: 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
     try:
-        (tmp / f"{name}.c").write_text(sources.c)
-        (tmp / f"{name}.h").write_text(sources.h)
-        shutil.copy(RUNTIME_DIR / "qcc_rt.h", tmp / "qcc_rt.h")
+        for fname, text in sources.files(name).items():
+            (tmp / fname).write_text(text)
         ffi = cffi.FFI()
         ffi.cdef(f"int {name}_run(const float *input, float *output, void *arena);\n"
                  f"int {name}_cpu_supported(void);")

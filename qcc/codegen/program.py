@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import qcc
-from qcc.codegen.render import RUNTIME_DIR, Sources, environment
+from qcc.codegen.render import Sources, environment
 from qcc.codegen.targets import Target
 from qcc.errors import QccError
 
@@ -23,7 +23,7 @@ HARNESS_CFLAGS = ("-O2", "-std=c99", "-ffp-contract=off", "-fno-strict-aliasing"
 def write_bundle(sources: Sources, name: str, out: Path, harness: bool = False) -> list[Path]:
     """Write ``<name>.c``, ``<name>.h``, ``qcc_rt.h`` (and ``<name>_main.c``) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {f"{name}.c": sources.c, f"{name}.h": sources.h, "qcc_rt.h": (RUNTIME_DIR / "qcc_rt.h").read_text()}
+    files = sources.files(name)
     if harness:
         files[f"{name}_main.c"] = environment().get_template("main.c.j2").render(
             name=name, NAME=name.upper(), version=qcc.__version__)

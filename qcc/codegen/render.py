@@ -335,6 +335,10 @@ class Sources:
     c: str
     h: str
 
+    def files(self, name: str) -> dict[str, str]:
+        """The bundle, file name -> text: ``<name>.c``, ``<name>.h`` and the runtime ``qcc_rt.h``."""
+        return {f"{name}.c": self.c, f"{name}.h": self.h, "qcc_rt.h": (RUNTIME_DIR / "qcc_rt.h").read_text()}
+
 
 def render(graph: Graph, name: str = "model", source: str = "", isa: str = "scalar",
            profile: bool = False) -> Sources:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qcc.codegen.inspect import layer_info
-from qcc.codegen.render import RUNTIME_DIR, render
+from qcc.codegen.render import Sources, render
 from qcc.codegen.targets import TARGETS, Target
 from qcc.ir.graph import Graph
 from qcc.passes.plan_memory import nbytes
@@ -122,9 +122,8 @@ def object_sections(c_text: str, h_text: str, name: str, t: Target) -> tuple[Sec
     flags = [f for f in t.cflags if f != "-static"]  # a link flag
     with tempfile.TemporaryDirectory(prefix="qcc-size-") as d:
         work = Path(d)
-        (work / f"{name}.c").write_text(c_text)
-        (work / f"{name}.h").write_text(h_text)
-        (work / "qcc_rt.h").write_text((RUNTIME_DIR / "qcc_rt.h").read_text())
+        for fname, text in Sources(c_text, h_text).files(name).items():
+            (work / fname).write_text(text)
         cmd = [t.cc, *flags, *OBJECT_CFLAGS, "-fstack-usage", "-c", f"{name}.c", "-o", f"{name}.o"]
         shown = " ".join([t.cc, *flags, *OBJECT_CFLAGS])
         try:

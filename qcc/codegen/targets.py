@@ -30,7 +30,7 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("native", "native", help="the best ISA this machine's CPU runs (avx2 or scalar)"),
+    Target("native", "native", help="the best ISA this machine's CPU runs (avx2, neon or scalar)"),
     Target("scalar", "scalar", help="portable C99, any CPU"),
     Target("avx2", "avx2", help="x86-64 with AVX2 (kernels carry their own target attributes)"),
     Target("neon", "neon", cc="aarch64-linux-gnu-gcc", cflags=("-static",), runner=("qemu-aarch64",),

@@ -28,11 +28,11 @@ from qcc.ir.graph import Graph, Node, Tensor
 from qcc.ir.ops import (BatchNormAttrs, BipolarQuantAttrs, ClipAttrs, ConvAttrs, FlattenAttrs,
                         MultiThresholdAttrs, PoolAttrs, QuantAttrs, ReshapeAttrs, SignAttrs, SoftmaxAttrs,
                         TransposeAttrs, TruncAttrs)
+from qcc.passes.plan_memory import MAX_TENSOR_BYTES
 
 QONNX_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general")
 STANDARD_DOMAINS = ("", "ai.onnx")
 MAX_MODEL_BYTES = 2 << 30
-MAX_TENSOR_BYTES = 1 << 30  # default limit of one tensor (and of the arena): see ``import_model``
 
 
 def human_bytes(n: int) -> str:

@@ -13,6 +13,8 @@ from qcc.ir.graph import Graph, Tensor
 from qcc.ir.kernels_ref import plane_words, words
 from qcc.passes.base import PassResult
 
+MAX_TENSOR_BYTES = 1 << 30  # default limit of the arena and, while importing, of every tensor as float32
+
 ALIGN = 64
 
 

@@ -129,3 +129,14 @@ def test_session_run_rejects_bad_feeds():
             s.run(None, feeds)
     with pytest.raises(QccError, match="unknown output"):
         s.run(["nope"], {"input": x})
+
+
+def test_compile_defaults_to_out_beside_setuptools_build(tmp_path, capsys, monkeypatch):
+    """Without -o the bundle goes to ./out: `pip install .` leaves setuptools' build/ in a source
+    tree, which compile would rightly refuse to overwrite."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "build" / "lib").mkdir(parents=True)
+    code, out, err = run(["compile", MODEL], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "out")) == ["model.c", "model.h", "qcc_rt.h"]
+    assert os.listdir(tmp_path / "build") == ["lib"]

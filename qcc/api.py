@@ -242,6 +242,12 @@ class InferenceSession:
                                    f"InferenceSession runs batch 1 per call, so every {kind} must start with the batch")
         self._inputs = [NodeArg(n, ["batch", *g.tensors[n].shape[1:]]) for n in g.inputs]
         self._outputs = [NodeArg(on, ["batch", *g.tensors[o].shape[1:]]) for on, o in zip(out_names, g.outputs)]
+        self._in_shapes = {a.name: tuple(a.shape[1:]) for a in self._inputs}
+        self._out_names = [a.name for a in self._outputs]
+        self._out_index = {n: i for i, n in enumerate(self._out_names)}
+        self._out_shapes = [tuple(a.shape[1:]) for a in self._outputs]
+        self._out_offsets = np.cumsum([0] + [int(np.prod(s)) for s in self._out_shapes]).tolist()
+        self._out_total = self._out_offsets[-1]
         self._arena = self._ffi.new("char[]", g.meta["arena_size"] + 64)
         addr = int(self._ffi.cast("uintptr_t", self._arena))
         self._arena_ptr = self._ffi.cast("void *", addr + (-addr % 64))
@@ -261,38 +267,53 @@ class InferenceSession:
         return list(self._outputs)
 
     def run(self, output_names, feeds: dict) -> list[np.ndarray]:
-        arrays = []
-        batch = None
+        """Run every sample of the batch through the compiled model (one C call per sample).
+
+        The per-call Python work is kept small (shapes and sizes are precomputed, one input
+        is passed without a copy when it is already contiguous float32, one output is returned
+        without a copy), because on small layers it is a visible part of the time."""
+        if feeds.keys() != self._in_shapes.keys():
+            self._check_feed_names(feeds)
+        arrays, batch = [], None
         for arg in self._inputs:
-            if arg.name not in feeds:
-                raise QccError(f"missing input '{arg.name}'; expected inputs: {[a.name for a in self._inputs]}")
-            x = np.asarray(feeds[arg.name])
+            x = feeds[arg.name]
+            if not isinstance(x, np.ndarray):
+                x = np.asarray(x)
             if x.dtype != np.float32:
                 raise QccError(f"input '{arg.name}' has dtype {x.dtype}; expected float32")
-            if tuple(x.shape[1:]) != tuple(arg.shape[1:]) or x.ndim != len(arg.shape):
+            if x.shape[1:] != self._in_shapes[arg.name] or x.ndim != len(arg.shape):
                 raise QccError(f"input '{arg.name}' has shape {list(x.shape)}; expected {arg.shape}")
             if batch is not None and x.shape[0] != batch:
                 raise QccError("all inputs must have the same batch size")
             batch = x.shape[0]
             if batch == 0:
                 raise QccError(f"input '{arg.name}' has an empty batch (shape {list(x.shape)})")
-            arrays.append(np.ascontiguousarray(x.reshape(batch, -1)))
-        unknown = set(feeds) - {a.name for a in self._inputs}
-        if unknown:
-            raise QccError(f"unknown input(s) {sorted(unknown)}; expected {[a.name for a in self._inputs]}")
-        sizes = [int(np.prod(a.shape[1:])) for a in self._outputs]
-        out = np.empty((batch, sum(sizes)), np.float32)
+            arrays.append(np.ascontiguousarray(x).reshape(batch, -1))
+        names = output_names or self._out_names
+        if names is not self._out_names and not self._out_index.keys() >= set(names):
+            unknown = next(n for n in names if n not in self._out_index)
+            raise QccError(f"unknown output '{unknown}'; outputs: {self._out_names}")
+        out = np.empty((batch, self._out_total), np.float32)
+        buf = self._ffi.from_buffer
         for b in range(batch):
-            inp = np.ascontiguousarray(np.concatenate([a[b] for a in arrays]))
-            status = self._run(self._ffi.from_buffer("float[]", inp), self._ffi.from_buffer("float[]", out[b]), self._arena_ptr)
+            inp = arrays[0][b] if len(arrays) == 1 else np.concatenate([a[b] for a in arrays])
+            status = self._run(buf("float[]", inp), buf("float[]", out[b]), self._arena_ptr)
             if status != 0:
                 raise QccError(f"the compiled model returned status {status}")
-        results, off = {}, 0
-        for arg, size in zip(self._outputs, sizes):
-            results[arg.name] = out[:, off:off + size].reshape([batch, *arg.shape[1:]]).copy()
-            off += size
-        names = output_names or [a.name for a in self._outputs]
-        for n in names:
-            if n not in results:
-                raise QccError(f"unknown output '{n}'; outputs: {list(results)}")
-        return [results[n] for n in names]
+        if len(self._outputs) == 1:
+            first = out.reshape(batch, *self._out_shapes[0])
+            return [first] + [first.copy() for _ in names[1:]]
+        results = []
+        for k, n in enumerate(names):
+            i = self._out_index[n]
+            view = out[:, self._out_offsets[i]:self._out_offsets[i + 1]].reshape(batch, *self._out_shapes[i])
+            shared = batch > 1 or n in names[:k]  # batch 1: each output once is a contiguous view of its own
+            results.append(view.copy() if shared else view)
+        return results
+
+    def _check_feed_names(self, feeds: dict) -> None:
+        expected = [a.name for a in self._inputs]
+        for name in expected:
+            if name not in feeds:
+                raise QccError(f"missing input '{name}'; expected inputs: {expected}")
+        raise QccError(f"unknown input(s) {sorted(set(feeds) - set(expected))}; expected {expected}")

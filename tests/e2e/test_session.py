@@ -1,0 +1,92 @@
+"""InferenceSession.run's calling convention (onnxruntime's): output selection and order,
+batches, input layouts, independent result arrays, and its error messages. The values are
+checked against onnxruntime through the reference runner."""
+import numpy as np
+import pytest
+
+from qcc import InferenceSession, QccError
+from qcc.frontend.reference import run_reference
+from test_structure import residual_net
+
+
+@pytest.fixture(scope="module")
+def net():
+    model = residual_net()
+    return model, InferenceSession(model)
+
+
+def _feeds(batch, seed=0):
+    return {"x": np.random.default_rng(seed).uniform(-4, 4, (batch, 3, 9, 9)).astype(np.float32)}
+
+
+def _same(got, want):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_selected_outputs_in_the_requested_order(net, batch):
+    model, sess = net
+    names = [o.name for o in sess.get_outputs()]
+    feeds = _feeds(batch)
+    want = dict(zip(names, run_reference(model, feeds)))
+    for pick in (None, names[::-1], [names[2]], [names[1], names[1]]):
+        got = sess.run(pick, feeds)
+        chosen = pick or names
+        assert len(got) == len(chosen)
+        for n, g in zip(chosen, got):
+            assert g.shape == want[n].shape and g.dtype == np.float32 and g.flags.c_contiguous
+            _same(g, want[n])
+
+
+def test_results_are_independent_arrays(net):
+    _, sess = net
+    names = [o.name for o in sess.get_outputs()]
+    a = sess.run([names[0], names[0], names[1]], _feeds(1))
+    keep = [x.copy() for x in a]
+    a[0][...] = 123.0
+    np.testing.assert_array_equal(a[1], keep[1])  # the same output asked twice: two arrays
+    np.testing.assert_array_equal(a[2], keep[2])
+    b = sess.run(None, _feeds(1))  # a later call does not write into earlier results
+    np.testing.assert_array_equal(a[1], keep[1])
+    assert not any(np.shares_memory(x, y) for x in a[1:] for y in b)
+
+
+def test_non_contiguous_and_batched_inputs_equal_sample_by_sample(net):
+    _, sess = net
+    x = _feeds(4, seed=1)["x"]
+    strided = np.asfortranarray(x)
+    assert not strided.flags.c_contiguous
+    whole = sess.run(None, {"x": strided})
+    for i in range(4):
+        one = sess.run(None, {"x": x[i:i + 1]})
+        for w, o in zip(whole, one):
+            np.testing.assert_array_equal(w[i:i + 1], o)
+
+
+@pytest.mark.parametrize("feeds, fragment", [
+    ({}, "missing input 'x'"),
+    ({"x": np.zeros((1, 3, 9, 9), np.float32), "y": np.zeros(1, np.float32)}, "unknown input(s) ['y']"),
+    ({"x": np.zeros((1, 3, 9, 9))}, "dtype float64; expected float32"),
+    ({"x": np.zeros((1, 3, 9, 8), np.float32)}, "has shape [1, 3, 9, 8]"),
+    ({"x": np.zeros((3, 9, 9), np.float32)}, "has shape [3, 9, 9]"),
+    ({"x": np.zeros((0, 3, 9, 9), np.float32)}, "empty batch"),
+])
+def test_bad_feeds_are_named(net, feeds, fragment):
+    with pytest.raises(QccError) as e:
+        net[1].run(None, feeds)
+    assert fragment in str(e.value)
+
+
+def test_unknown_output_is_named(net):
+    with pytest.raises(QccError, match="unknown output 'nope'"):
+        net[1].run(["nope"], _feeds(1))
+
+
+def test_list_input_is_accepted_when_float32(net):
+    model, sess = net
+    x = _feeds(1)["x"]
+    with pytest.raises(QccError, match="dtype float64"):
+        sess.run(None, {"x": x.tolist()})  # a nested list is float64, as in onnxruntime
+    got = sess.run(None, {"x": np.asarray(x.tolist(), np.float32)})
+    for g, w in zip(got, run_reference(model, {"x": x})):
+        _same(g, w)

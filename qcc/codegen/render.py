@@ -22,6 +22,7 @@ from qcc.ir.kernels_ref import pack_bits, plane_words
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 SIMD_MAX_THRESHOLDS = 15  # up to 4-bit outputs: more thresholds are binary-searched per channel
+GUESS_MIN_THRESHOLDS = 16  # from here on, the threshold search starts from a guess (qcc_threshold_count)
 SIMD_ISAS = ("avx2", "neon")  # ISAs whose output transforms read the thresholds level-major (thr_by_level)
 CTYPES = {"f32": "float", "i16": "int16_t", "bits": "uint64_t"}
 ROUNDING = {"ROUND": "QCC_ROUND", "CEIL": "QCC_CEIL", "FLOOR": "QCC_FLOOR", "UP": "QCC_UP",
@@ -76,6 +77,8 @@ class Unit:
             vals = [cfloat(v) for v in flat]
         elif ctype == "uint64_t":
             vals = [f"0x{int(v):016x}u" for v in flat]
+        elif ctype == "uint32_t":
+            vals = [f"{int(v)}u" for v in flat]
         else:
             vals = [str(int(v)) for v in flat]
         self.arrays.append(Array(name, ctype, vals or ["0"], comment))
@@ -176,16 +179,33 @@ def _transform(u: Unit, pre: str, a) -> str:
         u.structs.append(f"static const qcc_affine {pre}_out = {{ {mul}, {bias}, {off} }};")
     else:
         t = a.thr
-        thr = u.array(f"{pre}_thr", "int32_t", np.clip(t.thr, -(1 << 31), (1 << 31) - 1),
-                      f"thresholds [{t.thr.shape[0]}][{t.thr.shape[1]}] on the accumulator")
+        clipped = np.clip(t.thr, -(1 << 31), (1 << 31) - 1)
+        thr = u.array(f"{pre}_thr", "int32_t", clipped, f"thresholds [{t.thr.shape[0]}][{t.thr.shape[1]}] on the accumulator")
         sign = u.array(f"{pre}_sign", "int8_t", t.sign)
         by_level = "NULL"
         if u.isa in SIMD_ISAS and t.thr.shape[1] <= SIMD_MAX_THRESHOLDS:  # compared for 4 channels at once
             by_level = u.array(f"{pre}_thr_by_level", "int32_t", np.clip(t.thr, -(1 << 31), (1 << 31) - 1).T,
                                "the thresholds level-major, for the SIMD output transform")
-        u.structs.append(f"static const qcc_thresholds {pre}_out = {{ /* thr, sign, nthr, lo, step, planes, by level */\n"
-                         f"    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, {t.spec.step}, {t.spec.bits}, {by_level}}};")
+        recip = "NULL"
+        if t.thr.shape[1] >= GUESS_MIN_THRESHOLDS:
+            recip = u.array(f"{pre}_recip", "uint32_t", _spacing_reciprocals(clipped),
+                            "2^32 (nthr - 1) / (last - first threshold): the threshold search's first guess")
+        u.structs.append(f"static const qcc_thresholds {pre}_out = {{ /* thr, sign, nthr, lo, step, planes, by level, recip */\n"
+                         f"    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, {t.spec.step}, {t.spec.bits}, {by_level}, "
+                         f"{recip}}};")
     return f"&{pre}_out"
+
+
+def _spacing_reciprocals(thr: np.ndarray) -> np.ndarray:
+    """Per channel, floor(2^32 (n - 1) / (thr[-1] - thr[0])) as uint32 (saturated; 0 for a flat
+    channel): times s - thr[0] and >> 32, the count of thresholds below s if they were evenly
+    spaced. Only a first guess; qcc_threshold_count steps from it to the exact count."""
+    span = thr[:, -1].astype(np.int64) - thr[:, 0].astype(np.int64)
+    n = thr.shape[1]
+    out = np.zeros(len(thr), np.uint64)
+    pos = span > 0
+    out[pos] = np.minimum(((n - 1) << 32) // span[pos], (1 << 32) - 1)
+    return out
 
 
 def _weight_rows(codes: np.ndarray, planes: int, ps: int) -> np.ndarray:

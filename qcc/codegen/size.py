@@ -33,7 +33,7 @@ from qcc.ir.graph import Graph
 from qcc.passes.plan_memory import nbytes
 
 OBJECT_CFLAGS = ("-O2", "-std=c99")
-CTYPE_BYTES = {"float": 4, "int32_t": 4, "uint64_t": 8, "int16_t": 2, "uint16_t": 2, "int8_t": 1, "uint8_t": 1}
+CTYPE_BYTES = {"float": 4, "int32_t": 4, "uint32_t": 4, "uint64_t": 8, "int16_t": 2, "uint16_t": 2, "int8_t": 1, "uint8_t": 1}
 _ARRAY = re.compile(r"^static const (\w+) (\w+)\[(\d+)\] = \{", re.M)
 _WEIGHT = re.compile(r"L\d+_weight")
 

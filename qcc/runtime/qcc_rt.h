@@ -25,6 +25,8 @@ typedef struct {         /* levels: q = lo + step * #{j : sign[co] * acc >= thr[
     const int8_t *sign;  /* [co], +1 or -1 */
     int32_t nthr, lo, step, planes;
     const int32_t *thr_by_level;  /* the same, [nthr][co], for SIMD variants (or NULL) */
+    const uint32_t *recip;        /* [co] 2^32 (nthr - 1) / (thr[co][nthr-1] - thr[co][0]): the search's
+                                     first guess for many thresholds (or NULL: a binary search) */
 } qcc_thresholds;
 
 typedef struct {         /* values: (float)(acc + off[co]) * mul[co] + bias[co]; any may be NULL */
@@ -32,9 +34,25 @@ typedef struct {         /* values: (float)(acc + off[co]) * mul[co] + bias[co];
     const int32_t *off;  /* integer accumulator offset (removed constant channels) */
 } qcc_affine;
 
-/* #{j : sign * acc >= thr[co][j]}: thresholds ascend, so a binary search (8 steps for 8 bits). */
+/* #{j : sign * acc >= thr[co][j]}, thresholds ascending. Few thresholds: a binary search. Many
+ * (8-bit outputs: 255): they are nearly evenly spaced (a uniform quantizer after an affine
+ * fold), so the count is guessed from the mean spacing, k = 1 + (s - thr[0]) / spacing, and
+ * then stepped to the exact answer: the steps stop at thr[k-1] <= s < thr[k], which only the
+ * true count satisfies, whatever the guess (one or two probes instead of eight dependent ones). */
 static inline int32_t qcc_threshold_count(const qcc_thresholds *t, int32_t co, int32_t acc) {
     const int32_t s = t->sign[co] * acc, *thr = t->thr + (size_t)co * t->nthr;
+    if (t->recip) {
+        const int32_t n = t->nthr;
+        if (s < thr[0]) return 0;
+        if (s >= thr[n - 1]) return n;
+        /* now the count is in [1, n - 1], and 0 <= s - thr[0] < 2^32 */
+        const uint32_t d = (uint32_t)s - (uint32_t)thr[0];
+        int32_t k = 1 + (int32_t)(((uint64_t)d * t->recip[co]) >> 32);
+        if (k > n - 1) k = n - 1;
+        while (s >= thr[k]) k++;      /* stops by k = n - 1: s < thr[n-1] */
+        while (s < thr[k - 1]) k--;   /* stops by k = 1: s >= thr[0] */
+        return k;
+    }
     int32_t lo = 0, hi = t->nthr;  /* the answer is in [lo, hi] */
     while (lo < hi) {
         const int32_t mid = lo + (hi - lo) / 2;

@@ -435,7 +435,9 @@ def grid_weights(spec: QuantSpec, shape, rng) -> np.ndarray:
 def threshold_table(acc: np.ndarray, bound: int, steps: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel thresholds exercising every edge: values the accumulator reaches (sign +1 and
     -1), constant channels (-B: always, B+1: never, and +-2^40, which the C code clips to int32),
-    and unused steps parked at B+1."""
+    and unused steps parked at B+1. With many steps (8-bit outputs), channels of kind 0 are spaced
+    nearly evenly over the accumulator's range, as a folded uniform quantizer's are: the C search
+    guesses from the mean spacing there (and steps far from its guess on the other kinds)."""
     co = acc.shape[-1]
     thr = np.empty((co, steps), np.int64)
     sign = np.ones(co, np.int8)
@@ -443,7 +445,10 @@ def threshold_table(acc: np.ndarray, bound: int, steps: int, rng) -> tuple[np.nd
         vals = acc[..., c].reshape(-1).astype(np.int64)
         kind = c % 8
         s = -1 if kind in (1, 3, 5, 7) else 1
-        if kind in (0, 1):
+        if kind == 0 and steps >= 16:
+            lo, hi = int(vals.min()), int(vals.max())
+            t = lo + (hi - lo + 1) * np.arange(steps) // steps + rng.integers(0, 2, steps)
+        elif kind in (0, 1):
             t = rng.choice(s * vals, steps)
         elif kind in (2, 3):
             t = np.full(steps, -bound)
@@ -466,6 +471,7 @@ OUT_LEVELS = {
     "o2": ("bits", QuantSpec(-3, 3, 2)),
     "i16": ("i16", QuantSpec(-4, 4, 1)),
     "i16s": ("i16", QuantSpec(-100, 100, 25)),
+    "i16w": ("i16", QuantSpec(-128, 127, 1)),  # 255 thresholds: the guessed search (qcc_threshold_count)
 }
 F32_OUTS = ("f32", "f32_mul", "f32_bias", "f32_mb")
 
@@ -622,6 +628,7 @@ BGEMM_CASES = (
         ConvCase("pm1", "pm1", 63, 3, hw=(7, 7), k=(7, 7), pads=(3, 3, 3, 3), out="i16s"),
         ConvCase("pm1", "pm1", 128, 1, hw=(9, 8), k=(7, 7), s=(2, 2), pads=(0, 1, 2, 1), out="i2"),
         ConvCase("pm1", "pm1", 65, 65, hw=(4, 5), k=(1, 3), pads=(0, 1, 0, 1), out="pm1"),
+        ConvCase("pm1", "pm1", 65, 67, hw=(4, 4), k=(3, 3), out="i16w"),
         ConvCase("pm1", "pm1", 3, 100, hw=(5, 3), k=(3, 1), s=(2, 1), pads=(1, 0, 1, 0), out="f32"),
         ConvCase("pm1", "pm1", 64, 64, hw=(6, 6), k=(2, 2), s=(2, 2), pads=(0, 0, 0, 0), out="o2"),
         ConvCase("pm1", "pm1", 65, 3, hw=(3, 3), k=(2, 2), pads=(0, 0, 1, 1), out="i16"),
@@ -687,6 +694,7 @@ PGEMM_CASES = (
     + [
         ConvCase("u2", "t", 65, 100, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="i16"),
         ConvCase("i2", "i2", 64, 65, hw=(5, 5), k=(3, 3), out="u2"),
+        ConvCase("u2", "t", 64, 66, hw=(4, 4), k=(3, 3), out="i16w"),
         ConvCase("pm1", "t", 3, 63, hw=(7, 7), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="f32_mb"),
         ConvCase("t", "u1", 100, 64, hw=(6, 5), k=(5, 5), pads=(2, 2, 2, 2), out="pm1"),
         ConvCase("o2", "i2", 63, 3, hw=(7, 7), k=(7, 7), pads=(3, 3, 3, 3), out="i16s"),
@@ -716,6 +724,8 @@ def test_pgemm_layer(p, isa):
 ICONV_ALL = [
     ConvCase("i8", "w8", 3, 5, out="f32_mb"),
     ConvCase("i8", "w8", 64, 65, hw=(4, 4), out="i16"),
+    ConvCase("i8", "w8", 64, 67, hw=(4, 4), out="i16w"),
+    ConvCase("i8", "w8", 8, 12, hw=(4, 4), group=2, out="i16w"),
     ConvCase("i8", "w8", 65, 3, hw=(5, 4), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="pm1"),
     ConvCase("i8", "w8", 4, 6, hw=(5, 5), group=2, out="u2"),
     ConvCase("i8", "w8", 6, 9, hw=(5, 4), s=(2, 2), pads=(0, 1, 2, 1), group=3, out="f32"),
@@ -734,6 +744,7 @@ ICONV_ALL = [
     # first layers: few input channels, run along output channels (ikconv, k-major weights)
     ConvCase("i8", "w8", 3, 64, hw=(9, 8), k=(7, 7), s=(2, 2), pads=(3, 3, 3, 3), out="pm1"),
     ConvCase("i8", "w8", 1, 33, hw=(6, 6), out="u2"),
+    ConvCase("i8", "w8", 3, 20, hw=(5, 5), out="i16w"),
     ConvCase("i8", "w8", 15, 100, hw=(4, 4), out="i16", n=2),
     ConvCase("i8", "w8", 3, 7, hw=(5, 5), k=(1, 1), pads=(0, 0, 0, 0), out="f32_off", data="extreme"),
 ]

@@ -44,6 +44,9 @@ def _k(family: str, operands: str, isa: str = "scalar", mr: int = 1, nr: int = 1
 
 
 OUTS = ("f32", "bits", "i16")
+# AVX2 bit-plane GEMMs: from this many rows on, blocks of 8 output channels have their weights
+# split into nibbles once (a stack buffer of split_max_kv 256-bit vectors per weight plane, 24 KiB)
+SPLIT = dict(split_min_rows=4, split_max_kv=48)
 
 KERNELS: tuple[KernelSpec, ...] = (
     _k("transpose", "nchw2nhwc_f32", to_nhwc=True),
@@ -57,9 +60,9 @@ KERNELS: tuple[KernelSpec, ...] = (
     _k("quantize", "round_bits", "avx2", mode="round", out="bits"),
     _k("im2col", "b64"),
     *(_k("bgemm", f"pm1xpm1_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
-    *(_k("bgemm", f"pm1xpm1_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS) for out in OUTS),
+    *(_k("bgemm", f"pm1xpm1_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS, **SPLIT) for out in OUTS),
     *(_k("pgemm", f"planes_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
-    *(_k("pgemm", f"planes_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS) for out in OUTS),
+    *(_k("pgemm", f"planes_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS, **SPLIT) for out in OUTS),
     *(_k("iconv", f"i16_{out}", out=out) for out in OUTS),
     *(_k("iconv", f"i16_{out}", "avx2", nr=4, out=out) for out in OUTS),
     *(_k("ikconv", f"i16_{out}", out=out, max_k2=MAX_K2) for out in OUTS),

@@ -382,7 +382,8 @@ def grid_input(spec: QuantSpec, shape, rng, mode: str = "", corner_lo: bool = Fa
     * thresholds: ``x = lo + step * (k + f)``, thresholds half way between levels: the level is
       ``lo + step * clip(k, 0, L - 1)``.
 
-    ``corner_lo`` puts the lowest level at pixel (0, 0); ``extreme`` uses only the ends of the grid.
+    ``corner_lo`` puts the lowest level at pixel (0, 0); ``extreme`` uses only the ends of the grid
+    (bipolar: the first sample is all +1).
     """
     c = shape[1]
     mode = mode or ("sign" if spec.bipolar else "round" if spec.step == 1 else "thresholds")
@@ -391,8 +392,9 @@ def grid_input(spec: QuantSpec, shape, rng, mode: str = "", corner_lo: bool = Fa
         assert spec.bipolar
         x = rng.standard_normal(shape).astype(F32)
         x[rng.random(shape) < 0.1] = 0.0
-        if extreme:
+        if extreme:  # signed zeros, and a first sample all +1: XOR with an all -1 weight row is all ones
             x[rng.random(shape) < 0.1] = -0.0
+            x[0] = np.abs(x[0])
         if corner_lo:
             x[..., 0, 0] = -1.0
         q = np.where(x >= 0, 1, -1)
@@ -629,6 +631,12 @@ BGEMM_CASES = (
         ConvCase("pm1", "pm1", 128, 1, hw=(9, 8), k=(7, 7), s=(2, 2), pads=(0, 1, 2, 1), out="i2"),
         ConvCase("pm1", "pm1", 65, 65, hw=(4, 5), k=(1, 3), pads=(0, 1, 0, 1), out="pm1"),
         ConvCase("pm1", "pm1", 65, 67, hw=(4, 4), k=(3, 3), out="i16w"),
+        # AVX2: rows longer than the split buffer (kv 50 > split_max_kv) stay on the packed tiles
+        # all-ones XORs (channel 1's weights are all -1) over more than 31 vectors: the byte counts
+        # must be widened in time, in the split tile (9 rows, kv 36) and in the packed row tile (1 row, kv 32)
+        ConvCase("pm1", "pm1", 1024, 8, hw=(3, 3), k=(3, 3), out="f32", data="extreme"),
+        ConvCase("pm1", "pm1", 8192, 4, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="f32", data="extreme"),
+        ConvCase("pm1", "pm1", 512, 9, hw=(3, 3), k=(5, 5), pads=(2, 2, 2, 2), out="pm1"),
         ConvCase("pm1", "pm1", 3, 100, hw=(5, 3), k=(3, 1), s=(2, 1), pads=(1, 0, 1, 0), out="f32"),
         ConvCase("pm1", "pm1", 64, 64, hw=(6, 6), k=(2, 2), s=(2, 2), pads=(0, 0, 0, 0), out="o2"),
         ConvCase("pm1", "pm1", 65, 3, hw=(3, 3), k=(2, 2), pads=(0, 0, 1, 1), out="i16"),
@@ -695,6 +703,9 @@ PGEMM_CASES = (
         ConvCase("u2", "t", 65, 100, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="i16"),
         ConvCase("i2", "i2", 64, 65, hw=(5, 5), k=(3, 3), out="u2"),
         ConvCase("u2", "t", 64, 66, hw=(4, 4), k=(3, 3), out="i16w"),
+        # AVX2: 81 rows, two blocks of the split path's row sums; 2 weight planes x kv 25 > split_max_kv
+        ConvCase("u2", "pm1", 65, 17, hw=(9, 9), k=(3, 3), out="u2"),
+        ConvCase("u2", "i2", 256, 9, hw=(3, 3), k=(5, 5), pads=(2, 2, 2, 2), out="f32_mb"),
         ConvCase("pm1", "t", 3, 63, hw=(7, 7), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="f32_mb"),
         ConvCase("t", "u1", 100, 64, hw=(6, 5), k=(5, 5), pads=(2, 2, 2, 2), out="pm1"),
         ConvCase("o2", "i2", 63, 3, hw=(7, 7), k=(7, 7), pads=(3, 3, 3, 3), out="i16s"),

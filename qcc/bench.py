@@ -223,7 +223,7 @@ def _weight_bytes(low, twin) -> dict:
 
 
 # ----------------------------------------------------------------------------- the ceiling
-CEILING_WORDS = 64  # 2 rows + 4 columns of 64 words: 3 KiB, in L1
+CEILING_WORDS = 64  # a row and 8 split columns of 64 words: 8.5 KiB, in L1
 
 
 _ceiling_cache: dict[str, float] = {}
@@ -232,9 +232,10 @@ _ceiling_cache: dict[str, float] = {}
 def popcount_ceiling(isa: str, seconds: float = 0.3) -> float | None:
     """Bit-MACs per second of the bare XNOR-popcount microkernel on L1-resident operands.
 
-    It is the bit-plane GEMMs' own inner tile (kernels/popcount_avx2.c.j2, 2 rows x 4
-    columns), called in a loop with nothing else: the most a binary layer can reach here.
-    Measured once per process; None for ISAs without a SIMD tile."""
+    It is the bit-plane GEMMs' own inner tile (kernels/popcount_avx2.c.j2's split tile: 1 row
+    x 8 columns whose nibbles were split beforehand), called in a loop with nothing else: the
+    most a binary layer can reach here. Measured once per process; None for ISAs without a
+    SIMD tile."""
     if isa != "avx2":
         return None
     if isa in _ceiling_cache:
@@ -244,20 +245,25 @@ def popcount_ceiling(isa: str, seconds: float = 0.3) -> float | None:
     from qcc.codegen.build import CFLAGS, cache_dir
     from qcc.codegen.render import RUNTIME_DIR, environment
 
-    tile = environment().from_string('{% import "popcount_avx2.c.j2" as p %}{{ p.tile("qcc_ceiling", "xor", 2) }}').render()
+    tile = environment().from_string('{% import "popcount_avx2.c.j2" as p %}{{ p.split_tile("qcc_ceiling", "xor") }}').render()
+    kv = CEILING_WORDS // 4
     source = f"""
 #include "qcc_rt.h"
 #include <immintrin.h>
 {tile}
-static uint64_t qcc_ceiling_rows[2 * {CEILING_WORDS}], qcc_ceiling_w[4 * {CEILING_WORDS}];
+static uint64_t qcc_ceiling_row[{CEILING_WORDS}], qcc_ceiling_w[8 * {CEILING_WORDS}];
+static __m256i qcc_ceiling_ws[{kv} * 16];
+__attribute__((target("avx2,popcnt")))
 int64_t qcc_ceiling_run(int64_t reps) {{
-    int64_t raw[2][4], sum = 0;
-    for (int i = 0; i < 2 * {CEILING_WORDS}; i++) qcc_ceiling_rows[i] = 0x9e3779b97f4a7c15ULL * (uint64_t)(i + 1);
-    for (int i = 0; i < 4 * {CEILING_WORDS}; i++) qcc_ceiling_w[i] = 0xc2b2ae3d27d4eb4fULL * (uint64_t)(i + 7);
+    int32_t raw[8];
+    int64_t sum = 0;
+    for (int i = 0; i < {CEILING_WORDS}; i++) qcc_ceiling_row[i] = 0x9e3779b97f4a7c15ULL * (uint64_t)(i + 1);
+    for (int i = 0; i < 8 * {CEILING_WORDS}; i++) qcc_ceiling_w[i] = 0xc2b2ae3d27d4eb4fULL * (uint64_t)(i + 7);
+    qcc_ceiling_split(qcc_ceiling_w, {CEILING_WORDS}, {kv}, qcc_ceiling_ws);
     for (int64_t r = 0; r < reps; r++) {{
-        qcc_ceiling_tile(qcc_ceiling_rows, {CEILING_WORDS}, qcc_ceiling_w, {CEILING_WORDS}, {CEILING_WORDS // 4}, raw);
-        sum += raw[0][0] + raw[1][3];
-        qcc_ceiling_rows[r & 7] ^= (uint64_t)sum;  /* a dependence, so no call is optimized away */
+        _mm256_storeu_si256((__m256i *)raw, qcc_ceiling_stile(qcc_ceiling_row, qcc_ceiling_ws, {kv}));
+        sum += raw[0] + raw[7];
+        qcc_ceiling_row[r & 7] ^= (uint64_t)sum;  /* a dependence, so no call is optimized away */
     }}
     return sum;
 }}
@@ -274,7 +280,7 @@ int64_t qcc_ceiling_run(int64_t reps) {{
     spec = importlib.util.spec_from_file_location(module, so)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    bits_per_call = 2 * 4 * CEILING_WORDS * 64
+    bits_per_call = 8 * CEILING_WORDS * 64
     reps = 1000
     mod.lib.qcc_ceiling_run(reps)  # warm up
     while True:

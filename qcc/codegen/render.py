@@ -238,13 +238,14 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         wt = u.array(f"{pre}_weight", "uint64_t", _weight_rows(codes, wplanes, ps),
                      f"weight codes: [{co}][{wplanes} planes][{kh}x{kw} taps x {cig} channels as bits, {ps} words]")
         if a.x_spec.bipolar and a.w_spec.bipolar:
-            wp = u.array(f"{pre}_wpop", "uint16_t", codes.sum(axis=3).reshape(co, kh * kw),
-                         "+1 weights per tap, for the padding correction")
+            wp = u.array(f"{pre}_wpop", "uint16_t", codes.sum(axis=3).reshape(co, kh * kw).T,
+                         "+1 weights per tap, tap-major [taps][co], for the padding correction")
             gemm = u.kernel(("bgemm", f"pm1xpm1_{a.out}"))
             return [im2col_call, f"{gemm}({col}, {wt}, {wp}, &{geom}, {ps}, {out}, {yp});"]
         cwtap = codes.sum(axis=3).reshape(co, kh * kw)
         cws = u.array(f"{pre}_cwsum", "int32_t", cwtap.sum(axis=1), "sum of weight codes per output channel")
-        cwt = u.array(f"{pre}_cwtap", "int32_t", cwtap, "sum of weight codes per tap, for the padding correction")
+        cwt = u.array(f"{pre}_cwtap", "int32_t", cwtap.T,
+                      "sum of weight codes per tap, tap-major [taps][co], for the padding correction")
         gemm = u.kernel(("pgemm", f"planes_{a.out}"))
         xs, ws = a.x_spec, a.w_spec
         return [im2col_call, f"{gemm}({col}, {wt}, {cws}, {cwt}, {xs.lo}, {xs.step}, {ws.lo}, {ws.step}, {wplanes}, "

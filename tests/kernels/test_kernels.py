@@ -996,6 +996,8 @@ QUANT_CASES = (
        QuantCase("round", "bits", 65, "t", "UP"), QuantCase("round", "bits", 64, "u1", "FLOOR", n=2),
        QuantCase("round", "bits", 130, "n1", "CEIL", per_channel=False),
        QuantCase("round", "i16", 5, "", "HALF_DOWN"), QuantCase("round", "i16", 65, "", "DOWN", per_channel=False),
+       # one scale, few channels (an RGB input): AVX2 runs the tensor as one flat row
+       QuantCase("round", "i16", 3, "", "ROUND", per_channel=False), QuantCase("round", "i16", 5, "", per_channel=False, n=2),
        QuantCase("round", "bits", 65, "o2", "HALF_UP", half=True), QuantCase("round", "i16", 5, "", half=True),
        QuantCase("round", "f32", 64, "", "FLOOR", per_channel=False, half=True),
        QuantCase("ternary", "f32", 5), QuantCase("ternary", "bits", 65, n=2), QuantCase("ternary", "i16", 3),

@@ -56,6 +56,8 @@ KERNELS: tuple[KernelSpec, ...] = (
     *(_k("quantize", f"{mode}_{out}", mode=mode, out=out)
       for mode in ("round", "sign", "ternary", "thr") for out in OUTS),
     _k("quantize", "sign_bits", "avx2", mode="sign", out="bits"),
+    _k("quantize", "sign_bits_nchw", mode="sign", out="bits", nchw=True),
+    _k("quantize", "sign_bits_nchw", "avx2", mr=8, nr=8, mode="sign", out="bits", nchw=True),
     _k("quantize", "round_i16", "avx2", mode="round", out="i16"),
     _k("quantize", "round_bits", "avx2", mode="round", out="bits"),
     _k("im2col", "b64"),
@@ -78,6 +80,8 @@ KERNELS: tuple[KernelSpec, ...] = (
     _k("unpack", "bits_f32", src="bits", dst="f32"),
     _k("unpack", "bits_i16", src="bits", dst="i16"),
     _k("unpack", "i16_f32", src="i16", dst="f32"),
+    _k("unpack", "bits_f32_nchw", src="bits", dst="f32", nchw=True),
+    _k("unpack", "bits_f32_nchw", "avx2", mr=8, nr=8, src="bits", dst="f32", nchw=True),
     *(_k("unpack", f"{src}_{dst}", "avx2", nr=8, src=src, dst=dst)
       for src, dst in (("bits", "f32"), ("bits", "i16"), ("i16", "f32"))),
     _k("softmax", "f32"),

@@ -140,12 +140,16 @@ def _quantize(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     x = p.g.tensors[n.inputs[0]]
     c = x.shape[-1]
     mode = {"round": "round", "sign": "sign", "ternary": "ternary", "thresholds": "thr"}[a.mode]
-    fn = u.kernel(("quantize", f"{mode}_{a.out}"))
     pre = f"L{i}"
     s_, z_ = (np.asarray(v if v is not None else d, np.float32).reshape(-1) for v, d in ((a.scale, 1.0), (a.zero, 0.0)))
     nparam = max(s_.size, z_.size)  # one value each, or one per channel
     scale = u.array(f"{pre}_scale", "float", np.broadcast_to(s_, (nparam,)))
     zero = u.array(f"{pre}_zero", "float", np.broadcast_to(z_, (nparam,)))
+    if a.src == "NCHW":  # sign to bits, reading the graph input in its own layout (fuse_layouts)
+        nb, c, h, w = x.shape
+        fn = u.kernel(("quantize", f"{mode}_{a.out}_nchw"))
+        return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {nb}, {h * w}, {c}, {scale}, {zero}, {nparam});"]
+    fn = u.kernel(("quantize", f"{mode}_{a.out}"))
     nthr = 0
     thr = "NULL"
     if a.mode == "thresholds":
@@ -294,6 +298,11 @@ def _unpack(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     a = n.attrs
     x = p.g.tensors[n.inputs[0]]
     scale = u.array(f"L{i}_scale", "float", a.spec.channel_scale(a.channels)) if a.out == "f32" else "NULL"
+    if a.dst == "NCHW":  # writing the graph output in its own layout (fuse_layouts)
+        nb, h, w, c = x.shape
+        fn = u.kernel(("unpack", f"{x.dtype}_{a.out}_nchw"))
+        return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {nb}, {h * w}, {c}, {a.spec.bits}, {a.spec.lo}, "
+                f"{a.spec.step}, {scale});"]
     fn = u.kernel(("unpack", f"{x.dtype}_{a.out}"))
     return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {_rows(x.shape)}, {a.channels}, {a.spec.bits}, "
             f"{a.spec.lo}, {a.spec.step}, {scale});"]

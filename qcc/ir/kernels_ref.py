@@ -134,8 +134,11 @@ def pool(n: Node, x: np.ndarray) -> np.ndarray:
 
 
 def quantize(n: Node, x: np.ndarray) -> np.ndarray:
-    """Float values (channels last) to levels: QONNX Quant, bipolar sign, or thresholds."""
+    """Float values (channels last, or NCHW with ``src``) to levels: QONNX Quant, bipolar sign,
+    or thresholds."""
     a = n.attrs
+    if a.src == "NCHW":
+        x = _nhwc(x)
     if a.mode == "sign":
         scale, zero = (F32(1), F32(0)) if a.scale is None else (a.scale, a.zero)
         q = np.where(((x / scale).astype(F32) + zero).astype(F32) >= 0, 1, -1)
@@ -156,7 +159,8 @@ def unpack(n: Node, x: np.ndarray) -> np.ndarray:
     q = levels(x, a.spec, a.channels)
     if a.out == "i16":
         return q.astype(np.int16)
-    return (q.astype(F32) * a.spec.channel_scale(a.channels)).astype(F32)
+    y = (q.astype(F32) * a.spec.channel_scale(a.channels)).astype(F32)
+    return _nchw(y) if a.dst == "NCHW" else y
 
 
 EW = {

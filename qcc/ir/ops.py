@@ -245,6 +245,8 @@ class QuantizeAttrs:
 
     ``mode``: ``round`` (QONNX Quant: scale/zero/clamp/rounding), ``sign`` (bipolar),
     ``thresholds`` (per-channel thresholds on the float value, as MultiThreshold).
+    ``src``: the input's layout, ``NHWC`` or ``NCHW`` (a graph input's transpose fused in,
+    :mod:`qcc.passes.fuse_layouts`); the output is channels last either way.
     """
 
     mode: str
@@ -255,15 +257,18 @@ class QuantizeAttrs:
     rounding: str = "ROUND"
     thresholds: np.ndarray | None = field(default=None, compare=False)
     out: str = "f32"  # f32 (levels as floats) | bits | i16
+    src: str = "NHWC"
 
 
 @dataclass(frozen=True)
 class UnpackAttrs:
-    """Levels (bit planes or int16) to real values ``scale * q`` (``f32``) or int16 levels."""
+    """Levels (bit planes or int16) to real values ``scale * q`` (``f32``) or int16 levels.
+    ``dst``: the output's layout, ``NHWC`` or ``NCHW`` (a graph output's transpose fused in)."""
 
     spec: QuantSpec
     channels: int
     out: str = "f32"
+    dst: str = "NHWC"
 
 
 @dataclass(frozen=True)

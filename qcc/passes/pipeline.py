@@ -8,6 +8,7 @@ from qcc.ir.verify import verify
 from qcc.passes.base import PassResult
 from qcc.passes.fold_constants import fold_constants
 from qcc.passes.fold_thresholds import fold_thresholds
+from qcc.passes.fuse_layouts import fuse_layouts
 from qcc.passes.gemm_to_conv import gemm_to_conv
 from qcc.passes.integer_conv import integer_conv
 from qcc.passes.lower import lower
@@ -25,6 +26,7 @@ PASSES: tuple[Callable[[Graph], PassResult], ...] = (
     fold_thresholds,
     remove_dead_channels,
     lower,
+    fuse_layouts,
     plan_memory,
 )
 

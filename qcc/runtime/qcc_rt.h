@@ -62,6 +62,17 @@ static inline int32_t qcc_threshold_count(const qcc_thresholds *t, int32_t co, i
     return lo;
 }
 
+/* The 8 x 8 bit matrix in x (byte r holds row r, bit c its column c) transposed: byte c, bit r.
+ * Three rounds of delta swaps (Hacker's Delight, 7-3). */
+static inline uint64_t qcc_bits_transpose8(uint64_t x) {
+    uint64_t t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAull;
+    x ^= t ^ (t << 7);
+    t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCCull;
+    x ^= t ^ (t << 14);
+    t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0ull;
+    return x ^ t ^ (t << 28);
+}
+
 /* Set channel co's code in a pixel's planes (words per plane: wd); the row starts zeroed. */
 static inline void qcc_put_code(uint64_t *row, int32_t wd, int32_t planes, int32_t co, int32_t code) {
     for (int32_t p = 0; p < planes; p++)

@@ -1171,6 +1171,77 @@ def test_unpack(p):
     check(unpack_case(p))
 
 
+# ============================================================ layouts fused at the graph's edges
+
+@dataclass(frozen=True)
+class LayoutCase:
+    """A sign quantizer reading NCHW (``pm1``), or a round quantizer to planes (a GRIDS name) after
+    a transpose; then an unpack writing NCHW (qcc.passes.fuse_layouts' two rewrites)."""
+    spec: str
+    c: int
+    hw: tuple[int, int] = (3, 5)
+    n: int = 1
+    scaled: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.spec}-c{self.c}-{self.hw[0]}x{self.hw[1]}-n{self.n}" + ("-scaled" if self.scaled else "")
+
+
+LAYOUT_CASES = [
+    LayoutCase("pm1", 1), LayoutCase("pm1", 8, (4, 4)), LayoutCase("pm1", 64, (8, 8)),
+    LayoutCase("pm1", 65, (3, 5), n=2), LayoutCase("pm1", 130, (4, 6), scaled=True),
+    LayoutCase("pm1", 16, (9, 9), n=2, scaled=True), LayoutCase("pm1", 3, (1, 9)),
+    LayoutCase("u2", 24, (4, 4)), LayoutCase("i2", 65, (3, 8), n=2), LayoutCase("o2", 8, (5, 5)),
+]
+
+
+def layout_case(p: LayoutCase) -> Case:
+    rng = np.random.default_rng(zlib.crc32(str(p).encode()))
+    n, c, (h, w) = p.n, p.c, p.hw
+    if p.spec == "pm1":
+        x = rng.standard_normal((n, c, h, w)).astype(F32)
+        x[rng.random(x.shape) < 0.2] = 0.0
+        x[rng.random(x.shape) < 0.1] = -0.0
+        kw = dict(scale=rng.uniform(0.1, 3, c).astype(F32), zero=np.zeros(c, F32)) if p.scaled else {}
+        spec = BIPOLAR
+        chain = Chain(x.shape).op("quantize", QuantizeAttrs("sign", spec, out="bits", src="NCHW", **kw), (n, h, w, c),
+                                  "bits", "NHWC", spec)
+        q = np.where(x >= 0, 1, -1).transpose(TO_NHWC)  # -0.0 is +1; a positive scale keeps the sign
+    else:
+        spec = GRIDS[p.spec]
+        x, q, qa = grid_input(spec, (n, c, h, w), rng)
+        chain = Chain(x.shape).nhwc(force_transpose=True).quantize(dataclasses.replace(qa, out="bits"))
+    expect = {chain.cur: q}
+    scale = rng.uniform(-2, 2, c).astype(F32)
+    chain.op("unpack", UnpackAttrs(spec.with_scale(scale), c, "f32", dst="NCHW"), (n, c, h, w), "f32", "NCHW")
+    expect[chain.cur] = (q.astype(F32) * scale).astype(F32).transpose(TO_NCHW)
+    return Case(chain, x, expect=expect)
+
+
+@pytest.mark.parametrize("isa", host_param("quantize"))
+@pytest.mark.parametrize("p", LAYOUT_CASES, ids=str)
+def test_layouts_fused(p, isa):
+    check_on(isa, layout_case(p))
+
+
+def test_fuse_layouts_rewrites_the_edges_of_a_binary_layer():
+    """A w1a1 conv from a float NCHW input to a float NCHW output keeps no transpose, and the
+    compiled model equals onnxruntime exactly (bipolar levels times a power-of-two scale)."""
+    import builders
+    from qcc import InferenceSession
+    from qcc.api import lower_model
+    from qcc.frontend.reference import run_reference
+    b = builders.Builder(5)
+    y = b.conv(b.bipolar("x"), b.binary_weight((70, 65, 3, 3)), (3, 3), pads=(1, 1, 1, 1))
+    y = b.bipolar(b.batchnorm(y, 70), 0.5)
+    model = b.model({"x": [1, 65, 9, 9]}, {y: 4})
+    _, low = lower_model(model)
+    ops = [(nd.op, getattr(nd.attrs, "src", None) or getattr(nd.attrs, "dst", None)) for nd in low.nodes]
+    assert ("quantize", "NCHW") in ops and ("unpack", "NCHW") in ops and not any(o == "transpose" for o, _ in ops)
+    feeds = {"x": np.random.default_rng(2).standard_normal((3, 65, 9, 9)).astype(F32)}
+    np.testing.assert_array_equal(InferenceSession(model).run(None, feeds)[0], run_reference(model, feeds)[0])
+
+
 # ======================================================================================= ew
 
 @dataclass(frozen=True)
@@ -1424,11 +1495,13 @@ SUITES = [(layer_case, BGEMM_CASES), (layer_case, PGEMM_CASES), (layer_case, ICO
           (layer_case, FCONV_CASES), (layer_case, FKCONV_CASES),
           (pool_case, POOL_CASES), (quant_case, QUANT_CASES), (unpack_case, UNPACK_CASES), (ew_case, EW_CASES),
           (ew2_case, EW2_CASES), (concat_case, CONCAT_CASES), (softmax_case, SOFTMAX_CASES),
-          (transpose_case, TRANSPOSE_CASES)]
+          (transpose_case, TRANSPOSE_CASES), (layout_case, LAYOUT_CASES)]
 
-# What each suite must exercise: every case of a layer suite runs that suite's kernel family.
+# What each suite must exercise: every case of a layer suite runs that suite's kernel family
+# (rendered for each of the family's ISAs; the layout suite for the quantizer's).
 SUITE_FAMILY = {id(BGEMM_CASES): "bgemm", id(PGEMM_CASES): "pgemm", id(ICONV_CASES): "iconv",
-                id(IKCONV_CASES): "ikconv", id(FCONV_CASES): "fconv", id(FKCONV_CASES): "fkconv"}
+                id(IKCONV_CASES): "ikconv", id(FCONV_CASES): "fconv", id(FKCONV_CASES): "fkconv",
+                id(LAYOUT_CASES): "quantize"}
 
 
 def _kernels_of(source: str) -> set[str]:
@@ -1616,7 +1689,7 @@ NEON_SUITES = {
     "pgemm": [(layer_case, PGEMM_CASES)],
     "iconv": [(layer_case, ICONV_CASES), (layer_case, IKCONV_CASES)],
     "fconv": [(layer_case, FCONV_CASES), (layer_case, FKCONV_CASES)],
-    "quantize": [(quant_case, QUANT_CASES), (None, neon_quant_formula_cases)],
+    "quantize": [(quant_case, QUANT_CASES), (None, neon_quant_formula_cases), (layout_case, LAYOUT_CASES)],
     "other": [(pool_case, POOL_CASES), (unpack_case, UNPACK_CASES), (ew_case, EW_CASES), (ew2_case, EW2_CASES),
               (concat_case, CONCAT_CASES), (softmax_case, SOFTMAX_CASES), (transpose_case, TRANSPOSE_CASES)],
 }

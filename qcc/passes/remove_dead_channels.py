@@ -11,7 +11,9 @@ consuming conv (fewer inputs). Its contribution to a consumer's accumulator is
 ``k_c * sum over valid taps of w[co, c]``: zero when ``k_c = 0``, and a constant when the
 consumer has no padding, which becomes the consumer's integer accumulator offset (the
 optional third input of ``IntConv``), so every later result is exactly what it was.
-Channels whose constant would vary with position (``k_c != 0`` under padding) stay, and
+A consumer that got such an offset may lose dead channels of its own in turn: its
+accumulator is then ``raw + off`` with ``|raw| <= B_c``, so the test runs on the thresholds
+shifted by ``sign * off``. Channels whose constant would vary with position (``k_c != 0`` under padding) stay, and
 so do all channels of a tensor that anything but convolutions reads (through max
 pooling, which keeps a constant constant).
 """
@@ -50,11 +52,16 @@ def _remove(g: Graph, t_node: Node) -> Graph | None:
         return None
     thr, sign = t_node.attrs.thr, t_node.attrs.sign
     bound = _acc_bound(g, conv)[:, None]
-    dead = np.all((thr <= -bound) | (thr > bound), axis=1)
+    # |raw| <= B bounds the accumulator without its offset (acc = raw + off, an offset an earlier
+    # removal gave this conv): sign * acc >= t  <=>  sign * raw >= t - sign * off
+    raw_thr = thr
+    if len(conv.inputs) > 2:
+        raw_thr = thr - (sign.astype(np.int64) * g.const(conv.inputs[2]).astype(np.int64))[:, None]
+    dead = np.all((raw_thr <= -bound) | (raw_thr > bound), axis=1)
     if not dead.any() or dead.all():
         return None
     spec = t_node.attrs.spec
-    level = spec.lo + spec.step * (thr <= -bound).sum(axis=1)  # the constant level of each dead channel
+    level = spec.lo + spec.step * (raw_thr <= -bound).sum(axis=1)  # the constant level of each dead channel
     # follow the levels to their readers: convs, possibly through max pooling
     path, readers, frontier = [t_node], [], [t_node.outputs[0]]
     while frontier:

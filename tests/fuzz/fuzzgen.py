@@ -159,7 +159,7 @@ def _random_spec(seed, rng) -> dict:
             spec["blocks"].append({"op": "fc", "cout": _channels(rng), **_layer_quant(rng, form),
                                    **_affine(rng, form), "out": bool(rng.random() < 0.5),
                                    "mm": str(rng.choice(["gemm", "gemm", "matmul", "gemm_t", "alpha"]))})
-    spec["in_bits"] = int(rng.choice([8, 8, 8, 4, 2])) if form == "qonnx" else 8
+    spec["in_bits"] = int(rng.choice([8, 8, 8, 4, 2, 1])) if form == "qonnx" else 8  # 1: bipolar (sign)
     if form == "qonnx" and rng.random() < 0.25:  # unsigned / narrow / zero-point input quantizers
         spec["in_q"] = {"signed": int(rng.random() < 0.5), "narrow": int(rng.random() < 0.3),
                         "zero": float(rng.choice([0.0, 1.0, -2.0, 0.5]))}

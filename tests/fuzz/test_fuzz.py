@@ -60,6 +60,7 @@ def test_specs_are_reproducible_and_cover_the_space():
     assert max(chans) > 128 and any(c % 64 for c in chans if c > 64)
     assert any(b.get("gamma0") for b in blocks) and any(b.get("prune") for b in blocks)
     assert max(max(s["input"][1:]) for s in specs if len(s["input"]) == 3) > 20
+    assert any(s["in_bits"] == 1 and len(s["input"]) == 3 for s in specs)  # a bipolar NCHW input (fuse_layouts)
 
 
 def test_ties_are_real():

@@ -118,6 +118,8 @@ class _Ptr:
         r = self.root[name]
         if r in self.in_off:
             return f"(const float *)(input + {self.in_off[r]})" if ctype == "float" else "input"
+        if name in self.g.meta["in_output"]:  # a graph output, computed in place (plan_memory)
+            return f"({q}float *)(output + {self.g.meta['in_output'][name]})"
         return f"({q}{ctype} *)(A + {self.arena[name]})"
 
 
@@ -385,11 +387,11 @@ def render(graph: Graph, name: str = "model", source: str = "", isa: str = "scal
         if n.op == "reshape":
             continue
         u.calls.append(Call(_describe(n, graph), EMITTERS[n.op](u, ptr, i, n)))
-    outputs = []
+    outputs = []  # (name, offset, size, the source of its copy, or None: computed in place)
     off = 0
     for o in graph.outputs:
         t = graph.tensors[o]
-        outputs.append((o, off, t.size, ptr(o, True)))
+        outputs.append((o, off, t.size, None if graph.meta["in_output"].get(o) == off else ptr(o, True)))
         off += t.size
     env = environment()
     kernels = [env.get_template(k.template).render(**k.variables()) for k in u.kernels.values()]

@@ -1,11 +1,14 @@
 """Lifetimes to offsets in one static arena.
 
 Each computed tensor of the lowered graph gets a byte offset; ``reshape`` outputs share
-their input's buffer, and graph inputs are read in place from the caller's buffer. A
-layer that reads bits also needs an im2col scratch buffer live only during its call.
-Buffers are placed first-fit in order of definition, freed after their last reader;
-every offset is a multiple of ``ALIGN``. The result is ``graph.meta["arena"]`` (tensor ->
-offset), ``["scratch"]`` (node index -> (offset, bytes)) and ``["arena_size"]``.
+their input's buffer, graph inputs are read in place from the caller's buffer, and a
+computed graph output is written in place into the caller's output buffer (its first
+appearance among the outputs; it takes no arena, and no copy). A layer that reads bits also
+needs an im2col scratch buffer live only during its call. Buffers are placed first-fit in
+order of definition, freed after their last reader; every offset is a multiple of
+``ALIGN``. The result is ``graph.meta["arena"]`` (tensor -> offset), ``["in_output"]``
+(tensor -> offset in floats into the output buffer), ``["scratch"]`` (node index ->
+(offset, bytes)) and ``["arena_size"]``.
 """
 from __future__ import annotations
 
@@ -51,8 +54,13 @@ def plan_memory(graph: Graph) -> PassResult:
             if x in root:
                 last_use[root[x]] = i
     end = len(graph.nodes)
+    in_output: dict[str, int] = {}  # computed output buffers -> their offset in floats in the output
+    at = 0
     for o in graph.outputs:
         last_use[root[o]] = end
+        if root[o] not in graph.inputs and root[o] not in in_output:
+            in_output[root[o]] = at
+        at += graph.tensors[o].size
 
     live: list[tuple[int, int, str]] = []  # (offset, size, buffer)
     offset: dict[str, int] = {}
@@ -69,7 +77,7 @@ def plan_memory(graph: Graph) -> PassResult:
 
     for i, n in enumerate(graph.nodes):
         for o in n.outputs:
-            if root[o] != o:
+            if root[o] != o or o in in_output:
                 continue
             nb = _align(nbytes(graph.tensors[o]))
             offset[o] = place(nb)
@@ -82,5 +90,6 @@ def plan_memory(graph: Graph) -> PassResult:
             size = max(size, at + sb)
         live = [(off, sz, b) for off, sz, b in live if last_use.get(b, -1) > i]
     arena = {name: offset[r] for name, r in root.items() if r in offset}
-    meta = dict(graph.meta, arena=arena, scratch=scratch, arena_size=max(size, ALIGN), arena_root=root)
+    meta = dict(graph.meta, arena=arena, in_output={name: in_output[r] for name, r in root.items() if r in in_output},
+                scratch=scratch, arena_size=max(size, ALIGN), arena_root=root)
     return PassResult(graph.replace(meta=meta), True)

@@ -190,7 +190,7 @@ def _transform(u: Unit, pre: str, a) -> str:
         sign = u.array(f"{pre}_sign", "int8_t", t.sign)
         by_level = "NULL"
         if u.isa in SIMD_ISAS and t.thr.shape[1] <= SIMD_MAX_THRESHOLDS:  # compared for 4 channels at once
-            by_level = u.array(f"{pre}_thr_by_level", "int32_t", np.clip(t.thr, -(1 << 31), (1 << 31) - 1).T,
+            by_level = u.array(f"{pre}_thr_by_level", "int32_t", clipped.T,
                                "the thresholds level-major, for the SIMD output transform")
         recip = "NULL"
         if t.thr.shape[1] >= GUESS_MIN_THRESHOLDS:

@@ -62,6 +62,19 @@ static inline int32_t qcc_threshold_count(const qcc_thresholds *t, int32_t co, i
     return lo;
 }
 
+/* Output pixel m's padded taps (ky * kw + kx), listed in padded[]; returns how many. Interior
+ * pixels cost one test. The bit-plane GEMMs correct their counts for these taps. */
+static inline int32_t qcc_padded_taps(const qcc_conv_geom *g, size_t m, uint8_t *padded) {
+    const int32_t ox = (int32_t)(m % (size_t)g->ow), oy = (int32_t)(m / (size_t)g->ow % (size_t)g->oh);
+    const int32_t iy0 = oy * g->sh - g->pt, ix0 = ox * g->sw - g->pl;
+    int32_t npad = 0;
+    if (iy0 >= 0 && iy0 + g->kh <= g->h && ix0 >= 0 && ix0 + g->kw <= g->w) return 0;
+    for (int32_t ky = 0; ky < g->kh; ky++)
+        for (int32_t kx = 0; kx < g->kw; kx++)
+            if (iy0 + ky < 0 || iy0 + ky >= g->h || ix0 + kx < 0 || ix0 + kx >= g->w) padded[npad++] = (uint8_t)(ky * g->kw + kx);
+    return npad;
+}
+
 /* The 8 x 8 bit matrix in x (byte r holds row r, bit c its column c) transposed: byte c, bit r.
  * Three rounds of delta swaps (Hacker's Delight, 7-3). */
 static inline uint64_t qcc_bits_transpose8(uint64_t x) {
@@ -116,6 +129,15 @@ static inline int32_t qcc_popcount64(uint64_t v) {
 #else
     return (int32_t)__builtin_popcountll(v);
 #endif
+}
+
+/* An im2col row's code sum, sum over planes p of popcount(plane p) << p: planes are ps words
+ * apart, the first nw of each hold bits. */
+static inline int32_t qcc_code_sum(const uint64_t *row, int32_t planes, int32_t ps, int32_t nw) {
+    int32_t s = 0;
+    for (int32_t p = 0; p < planes; p++)
+        for (int32_t k = 0; k < nw; k++) s += qcc_popcount64(row[(size_t)p * ps + k]) << p;
+    return s;
 }
 
 /* Rounding without libm, in 32-bit integers (no 64-bit conversions: on Cortex-M those are

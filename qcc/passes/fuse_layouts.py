@@ -19,8 +19,7 @@ import dataclasses
 
 from qcc.ir.graph import Graph, Node
 from qcc.passes.base import PassResult, result
-
-TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+from qcc.passes.lower import TO_NCHW, TO_NHWC
 
 
 def fuse_layouts(graph: Graph) -> PassResult:

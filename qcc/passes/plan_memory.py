@@ -58,7 +58,7 @@ def plan_memory(graph: Graph) -> PassResult:
     at = 0
     for o in graph.outputs:
         last_use[root[o]] = end
-        if root[o] not in graph.inputs and root[o] not in in_output:
+        if root[o] not in graph.inputs and root[o] not in in_output and graph.tensors[root[o]].dtype == "f32":
             in_output[root[o]] = at
         at += graph.tensors[o].size
 

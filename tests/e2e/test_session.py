@@ -90,3 +90,26 @@ def test_list_input_is_accepted_when_float32(net):
     got = sess.run(None, {"x": np.asarray(x.tolist(), np.float32)})
     for g, w in zip(got, run_reference(model, {"x": x})):
         _same(g, w)
+
+
+def test_outputs_written_in_place_or_copied():
+    """Computed outputs are written by their kernels straight into the output buffer (no arena,
+    no copy), each at its offset; the same tensor as a second output, and an input passed
+    through, are copied. All equal onnxruntime."""
+    import builders
+    from qcc.api import lower_model
+    from qcc.codegen.render import render
+    b = builders.Builder(9)
+    y = b.node("Gemm", [b.bipolar("x"), b.binary_weight((12, 30))], transB=1)
+    y = b.bipolar(b.batchnorm(y, 12), 0.5)
+    z = b.node("Gemm", [b.bipolar("x"), b.binary_weight((7, 30))], transB=1)
+    model = b.model({"x": [1, 30]}, {y: 2, z: 2, b.node("Identity", [y]): 2, b.node("Identity", ["x"]): 2})
+    _, low = lower_model(model)
+    root = [low.meta["arena_root"][o] for o in low.outputs]
+    assert root[0] == root[2] != "x" and root[3] == "x"
+    assert [low.meta["in_output"][r] for r in root[:2]] == [0, 12] and not set(root[:2]) & set(low.meta["arena"])
+    c = render(low, "model").c
+    assert c.count("memcpy(output + ") == 2, "only the repeated and the passed-through outputs are copied"
+    feeds = {"x": np.random.default_rng(4).standard_normal((3, 30)).astype(np.float32)}
+    for got, want in zip(InferenceSession(model).run(None, feeds), run_reference(model, feeds)):
+        np.testing.assert_array_equal(got, want)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from qcc.codegen.build import build, host_isa
+from qcc.codegen.kernels import RUNS
 from qcc.codegen.render import Sources, render
 from qcc.codegen.targets import target as find_target
 from qcc.errors import QccError
@@ -69,7 +70,7 @@ def isa_for(target: str, run_here: bool = False) -> str:
     isa = find_target(target).isa
     host = host_isa()
     isa = host if isa == "native" else isa
-    if run_here and isa not in ("scalar", host):
+    if run_here and isa not in RUNS[host]:
         raise QccError(f"target '{target}' cannot run on this CPU (its ISA is {host}); "
                        f"use --target scalar or native")
     return isa
@@ -221,14 +222,14 @@ class InferenceSession:
     def __init__(self, model, target: str = "native", name: str = "model", profile: bool = False, max_arena=None):
         self.isa = isa_for(target, run_here=True)
         self.graph, self.lowered = lower_model(model, batch=1, max_arena=max_arena)
-        self.sources: Sources = render(self.lowered, name, _source_name(model), isa=self.isa, profile=profile)
-        self._ffi, self._lib = build(self.sources, name, profile=profile)
-        if not getattr(self._lib, f"{name}_cpu_supported")():  # the C's own CPUID check, at run time
-            if target != "native":
-                raise QccError(f"target '{target}' cannot run on this CPU (the {self.isa} kernels' CPU check failed)")
-            self.isa = "scalar"
-            self.sources = render(self.lowered, name, _source_name(model), isa=self.isa, profile=profile)
+        # the C's own CPUID check, at run time; native steps down to the next ISA until one runs
+        for self.isa in RUNS[self.isa] if target == "native" else (self.isa,):
+            self.sources: Sources = render(self.lowered, name, _source_name(model), isa=self.isa, profile=profile)
             self._ffi, self._lib = build(self.sources, name, profile=profile)
+            if getattr(self._lib, f"{name}_cpu_supported")():
+                break
+        else:
+            raise QccError(f"target '{target}' cannot run on this CPU (the {self.isa} kernels' CPU check failed)")
         self._run = getattr(self._lib, f"{name}_run")
         self._profile = getattr(self._lib, f"{name}_profile_read", None)
         self.calls = [n for n in self.lowered.nodes if n.op != "reshape"]

@@ -226,17 +226,36 @@ def _weight_bytes(low, twin) -> dict:
 CEILING_WORDS = 64  # a row and 8 split columns of 64 words: 8.5 KiB, in L1
 
 
+@dataclass(frozen=True)
+class _Tile:
+    """An ISA's bit-plane GEMM tile, as the ceiling calls it: 1 row x 8 columns of CEILING_WORDS."""
+    template: str   # renders the tile's functions, named qcc_ceiling_*
+    prepare: str    # C run once before the loop
+    call: str       # C expression: the 8 columns' counts, an __m256i
+    target: str     # the C target attribute
+
+
+KV = CEILING_WORDS // 4
+CEILING_TILES = {
+    "avx2": _Tile('{% import "popcount_avx2.c.j2" as p %}{{ p.split_tile("qcc_ceiling", "xor") }}',
+                  f"static __m256i ws[{KV} * 16]; qcc_ceiling_split(qcc_ceiling_w, {CEILING_WORDS}, {KV}, ws);",
+                  f"qcc_ceiling_stile(qcc_ceiling_row, ws, {KV})", "avx2,popcnt"),
+    "avx512": _Tile('{% import "popcount_avx512.c.j2" as p %}{{ p.vtile("qcc_ceiling", "xor") }}', "",
+                    f"qcc_ceiling_vtile(qcc_ceiling_row, qcc_ceiling_w, {CEILING_WORDS}, {KV})",
+                    "avx2,popcnt,avx512f,avx512bw,avx512vl,avx512vpopcntdq"),
+}
 _ceiling_cache: dict[str, float] = {}
 
 
 def popcount_ceiling(isa: str, seconds: float = 0.3) -> float | None:
     """Bit-MACs per second of the bare XNOR-popcount microkernel on L1-resident operands.
 
-    It is the bit-plane GEMMs' own inner tile (kernels/popcount_avx2.c.j2's split tile: 1 row
-    x 8 columns whose nibbles were split beforehand), called in a loop with nothing else: the
-    most a binary layer can reach here. Measured once per process; None for ISAs without a
-    SIMD tile."""
-    if isa != "avx2":
+    It is the bit-plane GEMMs' own inner tile for the ISA (avx2: popcount_avx2.c.j2's split
+    tile, 1 row x 8 columns whose nibbles were split beforehand; avx512: popcount_avx512.c.j2's
+    vpopcntq tile, 1 row x 8 columns), called in a loop with nothing else: the most a binary
+    layer can reach here. Measured once per process; None for ISAs without a SIMD tile."""
+    tile = CEILING_TILES.get(isa)
+    if tile is None:
         return None
     if isa in _ceiling_cache:
         return _ceiling_cache[isa]
@@ -245,23 +264,20 @@ def popcount_ceiling(isa: str, seconds: float = 0.3) -> float | None:
     from qcc.codegen.build import CFLAGS, cache_dir
     from qcc.codegen.render import RUNTIME_DIR, environment
 
-    tile = environment().from_string('{% import "popcount_avx2.c.j2" as p %}{{ p.split_tile("qcc_ceiling", "xor") }}').render()
-    kv = CEILING_WORDS // 4
     source = f"""
 #include "qcc_rt.h"
 #include <immintrin.h>
-{tile}
+{environment().from_string(tile.template).render()}
 static uint64_t qcc_ceiling_row[{CEILING_WORDS}], qcc_ceiling_w[8 * {CEILING_WORDS}];
-static __m256i qcc_ceiling_ws[{kv} * 16];
-__attribute__((target("avx2,popcnt")))
+__attribute__((target("{tile.target}")))
 int64_t qcc_ceiling_run(int64_t reps) {{
     int32_t raw[8];
     int64_t sum = 0;
     for (int i = 0; i < {CEILING_WORDS}; i++) qcc_ceiling_row[i] = 0x9e3779b97f4a7c15ULL * (uint64_t)(i + 1);
     for (int i = 0; i < 8 * {CEILING_WORDS}; i++) qcc_ceiling_w[i] = 0xc2b2ae3d27d4eb4fULL * (uint64_t)(i + 7);
-    qcc_ceiling_split(qcc_ceiling_w, {CEILING_WORDS}, {kv}, qcc_ceiling_ws);
+    {tile.prepare}
     for (int64_t r = 0; r < reps; r++) {{
-        _mm256_storeu_si256((__m256i *)raw, qcc_ceiling_stile(qcc_ceiling_row, qcc_ceiling_ws, {kv}));
+        _mm256_storeu_si256((__m256i *)raw, {tile.call});
         sum += raw[0] + raw[7];
         __asm__ volatile("" ::: "memory");  /* every call runs (memory may have changed), yet calls stay
                                                independent, as a layer's rows are */

@@ -25,9 +25,13 @@ from qcc.errors import QccError
 CFLAGS = ["-O2", "-std=c99", "-ffp-contract=off", "-fno-strict-aliasing"]
 
 
+AVX512 = ("avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq")  # /proc/cpuinfo's names
+
+
 def host_isa() -> str:
     """The best kernel ISA this machine runs: ``neon`` on aarch64 (NEON is part of Armv8-A),
-    ``avx2`` on x86 with AVX2 (the build checks CPUID again at run time), else ``scalar``."""
+    ``avx512`` on x86 with AVX2 and AVX-512 F/BW/VL/VPOPCNTDQ, ``avx2`` with AVX2 (the build
+    checks CPUID again at run time), else ``scalar``."""
     if platform.machine().lower() in ("aarch64", "arm64"):
         return "neon"
     try:
@@ -35,7 +39,10 @@ def host_isa() -> str:
             flags = next((line for line in f if line.startswith("flags")), "")
     except OSError:
         return "scalar"
-    return "avx2" if " avx2" in flags and " popcnt" in flags else "scalar"
+    have = set(flags.split())
+    if not {"avx2", "popcnt"} <= have:
+        return "scalar"
+    return "avx512" if set(AVX512) <= have else "avx2"
 
 
 def cache_dir() -> Path:

@@ -65,6 +65,9 @@ KERNELS: tuple[KernelSpec, ...] = (
     *(_k("bgemm", f"pm1xpm1_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS, **SPLIT) for out in OUTS),
     *(_k("pgemm", f"planes_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
     *(_k("pgemm", f"planes_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS, **SPLIT) for out in OUTS),
+    # x86-64 with AVX-512 VPOPCNTDQ (and F, BW, VL): the popcount GEMMs count with vpopcntq
+    *(_k("bgemm", f"pm1xpm1_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS) for out in OUTS),
+    *(_k("pgemm", f"planes_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS) for out in OUTS),
     *(_k("iconv", f"i16_{out}", out=out) for out in OUTS),
     *(_k("iconv", f"i16_{out}", "avx2", nr=4, out=out) for out in OUTS),
     *(_k("ikconv", f"i16_{out}", out=out, max_k2=MAX_K2) for out in OUTS),
@@ -101,9 +104,15 @@ KERNELS: tuple[KernelSpec, ...] = (
 )
 
 
+# The ISAs whose variants a CPU of each ISA runs, best first: a family without a variant for an
+# ISA takes the next one's (avx512 has only the popcount GEMMs; its other kernels are AVX2's).
+RUNS = {"scalar": ("scalar",), "avx2": ("avx2", "scalar"), "avx512": ("avx512", "avx2", "scalar"),
+        "neon": ("neon", "scalar")}
+
+
 def find(family: str, operands: str, isa: str = "scalar") -> KernelSpec:
-    """The declared variant for (family, operands, isa), or the scalar one if that ISA has none."""
-    for want in dict.fromkeys((isa, "scalar")):
+    """The declared variant for (family, operands, isa), or that of the next ISA in RUNS[isa]."""
+    for want in RUNS[isa]:
         for k in KERNELS:
             if (k.family, k.operands, k.isa) == (family, operands, want):
                 return k

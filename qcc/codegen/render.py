@@ -23,7 +23,7 @@ from qcc.ir.kernels_ref import pack_bits, plane_words
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 SIMD_MAX_THRESHOLDS = 15  # up to 4-bit outputs: more thresholds are binary-searched per channel
 GUESS_MIN_THRESHOLDS = 16  # from here on, the threshold search starts from a guess (qcc_threshold_count)
-SIMD_ISAS = ("avx2", "neon")  # ISAs whose output transforms read the thresholds level-major (thr_by_level)
+SIMD_ISAS = ("avx2", "avx512", "neon")  # ISAs whose output transforms read the thresholds level-major (thr_by_level)
 CTYPES = {"f32": "float", "i16": "int16_t", "bits": "uint64_t"}
 ROUNDING = {"ROUND": "QCC_ROUND", "CEIL": "QCC_CEIL", "FLOOR": "QCC_FLOOR", "UP": "QCC_UP",
             "DOWN": "QCC_DOWN", "HALF_UP": "QCC_HALF_UP", "HALF_DOWN": "QCC_HALF_DOWN"}

@@ -88,7 +88,7 @@ def _c_weight_bytes(c: str) -> int:
 def test_inspect_size_reports_every_target_from_its_own_tools(tmp_path, capsys):
     out = _run(["inspect", MODEL, "--size"], capsys)
     rows = _rows(out)
-    assert set(rows) == {"scalar", "avx2", "neon", "cortex-m"}  # native is one of them
+    assert set(rows) == {"scalar", "avx2", "avx512", "neon", "cortex-m"}  # native is one of them
     _, low = qcc.api.lower_model(MODEL)
     layers = [layer_info(n, low.tensors) for n in low.nodes if n.op == "layer"]
     fp32 = _onnx_fp32_weight_bytes(MODEL)

@@ -46,7 +46,7 @@ import pytest
 
 from qcc.codegen import render as render_mod
 from qcc.codegen.build import build, host_isa
-from qcc.codegen.kernels import KMAJOR_MAX_C, KERNELS, KernelSpec
+from qcc.codegen.kernels import KMAJOR_MAX_C, KERNELS, RUNS, KernelSpec
 from qcc.codegen.render import RUNTIME_DIR, render
 from qcc.ir import interp
 from qcc.ir.graph import Graph, Node, Tensor
@@ -652,7 +652,7 @@ BGEMM_CASES = (
 )
 
 
-HOST_ISAS = ["scalar"] + (["avx2"] if host_isa() == "avx2" else [])
+HOST_ISAS = list(RUNS[host_isa()])  # x86 ISAs run here as far as this CPU goes (avx512 runs avx2 too)
 NEON = "neon"
 CROSS_ISAS = (NEON,)  # variants checked through build_program / run_program under qemu, not cffi
 
@@ -1535,7 +1535,8 @@ def test_every_declared_variant_is_exercised():
 def _standalone(spec: KernelSpec) -> str:
     env = render_mod.environment()
     body = env.get_template(spec.template).render(**spec.variables())
-    simd = {"avx2": "#include <immintrin.h>\n", "neon": "#include <arm_neon.h>\n"}.get(spec.isa, "")
+    simd = {"avx2": "#include <immintrin.h>\n", "avx512": "#include <immintrin.h>\n",
+            "neon": "#include <arm_neon.h>\n"}.get(spec.isa, "")
     return ('#include "qcc_rt.h"\n' + simd + body +
             f"void (*const keep_{spec.name})(void) = (void (*)(void)){spec.name};\n")
 

@@ -241,7 +241,7 @@ CEILING_TILES = {
                   f"static __m256i ws[{KV} * 16]; qcc_ceiling_split(qcc_ceiling_w, {CEILING_WORDS}, {KV}, ws);",
                   f"qcc_ceiling_stile(qcc_ceiling_row, ws, {KV})", "avx2,popcnt"),
     "avx512": _Tile('{% import "popcount_avx512.c.j2" as p %}{{ p.vtile("qcc_ceiling", "xor") }}', "",
-                    f"qcc_ceiling_vtile(qcc_ceiling_row, qcc_ceiling_w, {CEILING_WORDS}, {KV})",
+                    f"_mm512_cvtepi64_epi32(qcc_ceiling_vtile(qcc_ceiling_row, qcc_ceiling_w, {CEILING_WORDS}))",
                     "avx2,popcnt,avx512f,avx512bw,avx512vl,avx512vpopcntdq"),
 }
 _ceiling_cache: dict[str, float] = {}
@@ -252,8 +252,8 @@ def popcount_ceiling(isa: str, seconds: float = 0.3) -> float | None:
 
     It is the bit-plane GEMMs' own inner tile for the ISA (avx2: popcount_avx2.c.j2's split
     tile, 1 row x 8 columns whose nibbles were split beforehand; avx512: popcount_avx512.c.j2's
-    vpopcntq tile, 1 row x 8 columns), called in a loop with nothing else: the most a binary
-    layer can reach here. Measured once per process; None for ISAs without a SIMD tile."""
+    vpopcntq tile, 1 row x 8 interleaved columns), called in a loop with nothing else: the
+    most a binary layer can reach here. Measured once per process; None for ISAs without a SIMD tile."""
     tile = CEILING_TILES.get(isa)
     if tile is None:
         return None

@@ -27,6 +27,9 @@ class KernelSpec:
     nr: int = 1
     params: tuple[tuple[str, Any], ...] = ()  # template variables that select the variant
 
+    def param(self, key: str, default: Any = None) -> Any:
+        return dict(self.params).get(key, default)
+
     @property
     def name(self) -> str:
         return f"qcc_{self.family}_{self.operands}_{self.mr}x{self.nr}__{self.isa}"
@@ -47,6 +50,7 @@ OUTS = ("f32", "bits", "i16")
 # AVX2 bit-plane GEMMs: from this many rows on, blocks of 8 output channels have their weights
 # split into nibbles once (a stack buffer of split_max_kv 256-bit vectors per weight plane, 24 KiB)
 SPLIT = dict(split_min_rows=4, split_max_kv=48)
+CHUNK = 16  # AVX-512 bit-plane GEMMs: rows whose padded taps are listed at once (16 x MAX_TAPS bytes of stack)
 
 KERNELS: tuple[KernelSpec, ...] = (
     _k("transpose", "nchw2nhwc_f32", to_nhwc=True),
@@ -65,9 +69,10 @@ KERNELS: tuple[KernelSpec, ...] = (
     *(_k("bgemm", f"pm1xpm1_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS, **SPLIT) for out in OUTS),
     *(_k("pgemm", f"planes_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
     *(_k("pgemm", f"planes_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS, **SPLIT) for out in OUTS),
-    # x86-64 with AVX-512 VPOPCNTDQ (and F, BW, VL): the popcount GEMMs count with vpopcntq
-    *(_k("bgemm", f"pm1xpm1_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS) for out in OUTS),
-    *(_k("pgemm", f"planes_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS) for out in OUTS),
+    # x86-64 with AVX-512 VPOPCNTDQ (and F, BW, VL): the popcount GEMMs count with vpopcntq, 8
+    # output channels a vector, on weights interleaved by blocks of wblock columns (render.py)
+    *(_k("bgemm", f"pm1xpm1_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS, chunk=CHUNK, wblock=8) for out in OUTS),
+    *(_k("pgemm", f"planes_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS, chunk=CHUNK, wblock=8) for out in OUTS),
     *(_k("iconv", f"i16_{out}", out=out) for out in OUTS),
     *(_k("iconv", f"i16_{out}", "avx2", nr=4, out=out) for out in OUTS),
     *(_k("ikconv", f"i16_{out}", out=out, max_k2=MAX_K2) for out in OUTS),

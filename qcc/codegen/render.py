@@ -223,6 +223,15 @@ def _weight_rows(codes: np.ndarray, planes: int, ps: int) -> np.ndarray:
     return np.stack([np.pad(sg, ((0, 0), (0, ps - sg.shape[1]))) for sg in segs], axis=1)
 
 
+def _column_blocks(rows: np.ndarray, b: int) -> np.ndarray:
+    """Weight rows (co, planes, nw) interleaved by blocks of b columns: (co/b, planes, nw, b),
+    the last block padded with zero columns, so that word k of a block's b columns is one vector."""
+    co, planes, nw = rows.shape
+    padded = np.zeros((-(-co // b) * b, planes, nw), rows.dtype)
+    padded[:co] = rows
+    return padded.reshape(-1, b, planes, nw).transpose(0, 2, 3, 1)
+
+
 def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     a = n.attrs
     x, y = p.g.tensors[n.inputs[0]], p.g.tensors[n.outputs[0]]
@@ -241,18 +250,26 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         im2col_call = f"{im2col}({p(n.inputs[0], True)}, {col}, &{geom}, {ps});"
         codes = a.w_spec.to_code(a.weight)  # (co, kh, kw, ci)
         wplanes = a.w_spec.bits
-        wt = u.array(f"{pre}_weight", "uint64_t", _weight_rows(codes, wplanes, ps),
-                     f"weight codes: [{co}][{wplanes} planes][{kh}x{kw} taps x {cig} channels as bits, {ps} words]")
-        if a.x_spec.bipolar and a.w_spec.bipolar:
+        binary = a.x_spec.bipolar and a.w_spec.bipolar
+        spec = find(*(("bgemm", f"pm1xpm1_{a.out}") if binary else ("pgemm", f"planes_{a.out}")), isa=u.isa)
+        gemm = u.use(spec)
+        rows = _weight_rows(codes, wplanes, ps)
+        if spec.param("wblock"):
+            b, nw = spec.param("wblock"), -(-kh * kw * cig // 64)
+            wt = u.array(f"{pre}_weight", "uint64_t", _column_blocks(rows[:, :, :nw], b),
+                         f"weight codes: [{-(-co // b)} blocks of {b} channels][{wplanes} planes][{nw} words of "
+                         f"{kh}x{kw} taps x {cig} channels as bits][{b} channels]")
+        else:
+            wt = u.array(f"{pre}_weight", "uint64_t", rows,
+                         f"weight codes: [{co}][{wplanes} planes][{kh}x{kw} taps x {cig} channels as bits, {ps} words]")
+        if binary:
             wp = u.array(f"{pre}_wpop", "uint16_t", codes.sum(axis=3).reshape(co, kh * kw).T,
                          "+1 weights per tap, tap-major [taps][co], for the padding correction")
-            gemm = u.kernel(("bgemm", f"pm1xpm1_{a.out}"))
             return [im2col_call, f"{gemm}({col}, {wt}, {wp}, &{geom}, {ps}, {out}, {yp});"]
         cwtap = codes.sum(axis=3).reshape(co, kh * kw)
         cws = u.array(f"{pre}_cwsum", "int32_t", cwtap.sum(axis=1), "sum of weight codes per output channel")
         cwt = u.array(f"{pre}_cwtap", "int32_t", cwtap.T,
                       "sum of weight codes per tap, tap-major [taps][co], for the padding correction")
-        gemm = u.kernel(("pgemm", f"planes_{a.out}"))
         xs, ws = a.x_spec, a.w_spec
         return [im2col_call, f"{gemm}({col}, {wt}, {cws}, {cwt}, {xs.lo}, {xs.step}, {ws.lo}, {ws.step}, {wplanes}, "
                              f"&{geom}, {ps}, {out}, {yp});"]

@@ -2,6 +2,7 @@
 batches, input layouts, independent result arrays, and its error messages. The values are
 checked against onnxruntime through the reference runner."""
 import numpy as np
+import onnx
 import pytest
 
 from qcc import InferenceSession, QccError
@@ -113,3 +114,29 @@ def test_outputs_written_in_place_or_copied():
     feeds = {"x": np.random.default_rng(4).standard_normal((3, 30)).astype(np.float32)}
     for got, want in zip(InferenceSession(model).run(None, feeds), run_reference(model, feeds)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_one_input_one_output_batch_one_takes_the_short_path_and_agrees():
+    """A batch-1, C-contiguous float32 feed of a one-input, one-output model skips the general
+    checks and copies; it gives what onnxruntime gives, like every other way to feed it."""
+    model = "examples/models/digits_w1a1.onnx"
+    sess = InferenceSession(model)
+    assert sess._single is not None
+    name = sess.get_inputs()[0].name
+    xs = np.load("examples/models/digits_inputs.npz")
+    x = xs[xs.files[0]][:1].astype(np.float32)
+    want = run_reference(onnx.load(model), {name: x})[0]
+    readonly = x.copy()
+    readonly.setflags(write=False)
+    firsts = []
+    for feed in (x, readonly, np.asfortranarray(x), x.astype(np.float64).astype(np.float32), list(x)):
+        got = sess.run(None, {name: np.asarray(feed, np.float32) if isinstance(feed, list) else feed})
+        assert len(got) == 1 and got[0].shape == want.shape and got[0].dtype == np.float32
+        _same(got[0], want)
+        firsts.append(got[0])
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1:])
+    np.testing.assert_array_equal(sess.run([sess.get_outputs()[0].name], {name: x})[0], firsts[0])
+    with pytest.raises(QccError, match="dtype float64"):
+        sess.run(None, {name: x.astype(np.float64)})
+    with pytest.raises(QccError, match="shape"):
+        sess.run(None, {name: x[:, :-1]})

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qcc.passes.lower import PLANE_BITS
+
 KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
 MAX_TAPS = 256  # kh * kw of the bit-plane kernels (their padding bookkeeping is on the stack)
 MAX_K2 = 1024  # pairs of window levels of the k-major int16 conv (its row is on the stack)
@@ -89,7 +91,7 @@ KERNELS: tuple[KernelSpec, ...] = (
     _k("unpack", "bits_i16", src="bits", dst="i16"),
     _k("unpack", "i16_f32", src="i16", dst="f32"),
     _k("unpack", "bits_f32_nchw", src="bits", dst="f32", nchw=True),
-    _k("unpack", "bits_f32_nchw", "avx2", mr=8, nr=8, src="bits", dst="f32", nchw=True),
+    _k("unpack", "bits_f32_nchw", "avx2", mr=8, nr=8, src="bits", dst="f32", nchw=True, max_planes=PLANE_BITS),
     *(_k("unpack", f"{src}_{dst}", "avx2", nr=8, src=src, dst=dst)
       for src, dst in (("bits", "f32"), ("bits", "i16"), ("i16", "f32"))),
     _k("softmax", "f32"),

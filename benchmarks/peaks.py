@@ -15,7 +15,9 @@ cycle, then the bounds they imply:
 - u8 x s8 (vpmaddubsw): 32 MACs per instruction, but its int16 pair sums saturate (an exact
   kernel cannot use it on 8-bit activations), and the widening to int32 needs a vpmaddwd per
   vpmaddubsw, which share ports: 16 MACs per port-cycle at best;
-- fp32 (vfmadd231ps): 8 MACs per instruction: what onnxruntime's float conv approaches.
+- fp32 (vfmadd231ps): 8 MACs per instruction: what onnxruntime's float conv approaches;
+- where the CPU has AVX-512 VPOPCNTDQ (qcc's avx512 ISA): 512-bit vpxorq, and a vpaddq +
+  vpopcntq step; the avx512 tile takes 3 ops (xor, vpopcntq, add) per 512 bit-MACs.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import time
 
 import cffi
 
-from qcc.codegen.build import cache_dir
+from qcc.codegen.build import cache_dir, host_isa
 
 CHAINS = 10
 SOURCE = r"""
@@ -61,6 +63,25 @@ PEAK(peak_pshufb, __m256i, SETI, SHUF)
 PEAK(peak_pmaddwd, __m256i, SETI, MADD)
 PEAK(peak_pmaddubsw, __m256i, SETI, MADDUBS)
 PEAK(peak_fma, __m256, SETF, FMA)
+/* AVX-512 (called only where the CPU has it): 512-bit xor and vpopcntq */
+#define PEAK512(NAME, STEP)                                                         \
+__attribute__((target("avx512f,avx512vpopcntdq"))) double NAME(int64_t n) {         \
+    __m512i w = _mm512_set1_epi64(3);                                               \
+    R10(DECL512)                                                                    \
+    for (int64_t i = 0; i < n; i++) {                                               \
+        R10(STEP)                                                                   \
+        __asm__("" : "+v"(w));                                                      \
+    }                                                                               \
+    double s = 0;                                                                   \
+    R10(SUM512)                                                                     \
+    return s;                                                                       \
+}
+#define DECL512(k) __m512i a##k = _mm512_set1_epi64(k + 1);
+#define SUM512(k) s += (double)_mm512_reduce_add_epi64(a##k);
+#define XOR512(k) a##k = _mm512_xor_si512(a##k, w);
+#define POP512(k) a##k = _mm512_popcnt_epi64(_mm512_add_epi64(a##k, w));
+PEAK512(peak_pxorq512, XOR512)
+PEAK512(peak_popcntq512, POP512)
 int64_t clock_adds(int64_t n) {
     uint64_t x = 1;
     for (int64_t i = 0; i < n; i++) __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
@@ -72,7 +93,8 @@ int64_t clock_adds(int64_t n) {
 def _load():
     ffi = cffi.FFI()
     ffi.cdef("double peak_pxor(int64_t); double peak_pshufb(int64_t); double peak_pmaddwd(int64_t); double peak_pmaddubsw(int64_t);"
-             "double peak_fma(int64_t); int64_t clock_adds(int64_t);")
+             "double peak_fma(int64_t); double peak_pxorq512(int64_t); double peak_popcntq512(int64_t);"
+             "int64_t clock_adds(int64_t);")
     module = "_qcc_peaks_" + hashlib.sha256(SOURCE.encode()).hexdigest()[:16]
     tmp = cache_dir() / module
     tmp.mkdir(parents=True, exist_ok=True)
@@ -96,8 +118,10 @@ def _rate(fn, per_call: int, n: int = 2_000_000) -> float:
 def main() -> None:
     lib = _load()
     ghz = _rate(lib.clock_adds, 4, 50_000_000)
-    rates = {name: _rate(getattr(lib, f"peak_{name}"), CHAINS)
-             for name in ("pxor", "pshufb", "pmaddwd", "pmaddubsw", "fma")}
+    names = ("pxor", "pshufb", "pmaddwd", "pmaddubsw", "fma") + (("pxorq512",) if host_isa() == "avx512" else ())
+    rates = {name: _rate(getattr(lib, f"peak_{name}"), CHAINS) for name in names}
+    if host_isa() == "avx512":  # each step is a vpaddq and a vpopcntq
+        rates["popcntq512"] = _rate(lib.peak_popcntq512, CHAINS)
     print(f"clock (dependent scalar adds): {ghz:.2f} GHz")
     for name, r in rates.items():
         print(f"v{name:<10} {r:5.2f} per ns  {r / ghz:4.2f} per cycle")
@@ -113,11 +137,18 @@ def main() -> None:
         "u8xs8 vpmaddubsw + vpmaddwd widening, MACs": 32 * min(rates["pmaddubsw"], rates["pmaddwd"]) / 2,
         "fp32 FMA, MACs": 8 * rates["fma"],
     }
+    if "pxorq512" in rates:
+        # avx512 tile: per 512-bit word x 8 columns, vpxorq + vpopcntq + vpaddq (3 ops); the
+        # popcount step measured above is a vpaddq and a vpopcntq
+        bounds["XNOR-popcount (vpopcntq, 512-bit), bit-MACs"] = 512 * min(rates["pxorq512"] / 3, rates["popcntq512"])
     print("\nupper bounds (G per second):")
     for name, b in bounds.items():
         print(f"  {name:<46} {b:7.1f}  ({b / ghz:5.1f} per cycle)")
     ratio = bounds["  ... split tile (6 + 3/8 ops), bit-MACs"] / bounds["fp32 FMA, MACs"]
-    print(f"\nw1a1 layer at the popcount bound / fp32 at the FMA peak: {ratio:.1f}x")
+    print(f"\nw1a1 layer at the popcount bound / fp32 at the FMA peak: {ratio:.1f}x (avx2 split tile)", end="")
+    if "pxorq512" in rates:
+        print(f", {bounds['XNOR-popcount (vpopcntq, 512-bit), bit-MACs'] / bounds['fp32 FMA, MACs']:.1f}x (avx512 tile)", end="")
+    print()
 
 
 if __name__ == "__main__":

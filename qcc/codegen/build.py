@@ -25,13 +25,13 @@ from qcc.errors import QccError
 CFLAGS = ["-O2", "-std=c99", "-ffp-contract=off", "-fno-strict-aliasing"]
 
 
-AVX512 = ("avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq")  # /proc/cpuinfo's names
+AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq"}  # /proc/cpuinfo's names
 
 
 def host_isa() -> str:
     """The best kernel ISA this machine runs: ``neon`` on aarch64 (NEON is part of Armv8-A),
-    ``avx512`` on x86 with AVX2 and AVX-512 F/BW/VL/VPOPCNTDQ, ``avx2`` with AVX2 (the build
-    checks CPUID again at run time), else ``scalar``."""
+    else the x86 ISA of /proc/cpuinfo's flags (``x86_isa``); the build checks CPUID again at
+    run time."""
     if platform.machine().lower() in ("aarch64", "arm64"):
         return "neon"
     try:
@@ -39,10 +39,15 @@ def host_isa() -> str:
             flags = next((line for line in f if line.startswith("flags")), "")
     except OSError:
         return "scalar"
-    have = set(flags.split())
-    if not {"avx2", "popcnt"} <= have:
+    return x86_isa(set(flags.split()))
+
+
+def x86_isa(flags: set[str]) -> str:
+    """``avx512`` with AVX2 and AVX-512 F/BW/VL/VPOPCNTDQ, ``avx2`` with AVX2 and POPCNT, else
+    ``scalar``."""
+    if not {"avx2", "popcnt"} <= flags:
         return "scalar"
-    return "avx512" if set(AVX512) <= have else "avx2"
+    return "avx512" if AVX512 <= flags else "avx2"
 
 
 def cache_dir() -> Path:

@@ -98,6 +98,15 @@ def test_native_session_steps_down_from_avx512_to_avx2(monkeypatch):
     np.testing.assert_array_equal(s.run(None, feed)[0], ref.run(None, feed)[0])
 
 
+def test_x86_isa_from_cpu_flags():
+    from qcc.codegen.build import x86_isa
+    zen3 = {"sse4_2", "popcnt", "avx", "avx2", "fma", "bmi2"}
+    skylake_x = zen3 | {"avx512f", "avx512bw", "avx512vl", "avx512cd", "avx512dq"}  # no VPOPCNTDQ
+    zen4 = skylake_x | {"avx512_vpopcntdq", "avx512_vnni", "avx512_bitalg"}
+    assert [x86_isa(f) for f in (set(), {"sse4_2", "popcnt"}, zen3, skylake_x, zen4, zen4 - {"avx512vl"})] == \
+        ["scalar", "scalar", "avx2", "avx2", "avx512", "avx2"]
+
+
 def test_host_isa_on_arm_is_neon(monkeypatch):
     import platform
 

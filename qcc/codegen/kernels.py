@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcc.passes.lower import PLANE_BITS
+from qcc.passes.lower import MAX_PLANE_PAIRS, PLANE_BITS
 
 KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
 MAX_TAPS = 256  # kh * kw of the bit-plane kernels (their padding bookkeeping is on the stack)
@@ -53,6 +53,9 @@ OUTS = ("f32", "bits", "i16")
 # split into nibbles once (a stack buffer of split_max_kv 256-bit vectors per weight plane, 24 KiB)
 SPLIT = dict(split_min_rows=4, split_max_kv=48)
 CHUNK = 16  # AVX-512 bit-plane GEMMs: rows whose padded taps are listed at once (16 x MAX_TAPS bytes of stack)
+# (input planes, weight planes) of every plane layer the lowering makes: the AVX-512 plane GEMM
+# has one tile per pair of counts (render.py gives other counts the AVX2 variant)
+PLANE_PAIRS = tuple((xp, wp) for xp in range(1, PLANE_BITS + 1) for wp in range(1, MAX_PLANE_PAIRS // xp + 1))
 
 KERNELS: tuple[KernelSpec, ...] = (
     _k("transpose", "nchw2nhwc_f32", to_nhwc=True),
@@ -74,7 +77,8 @@ KERNELS: tuple[KernelSpec, ...] = (
     # x86-64 with AVX-512 VPOPCNTDQ (and F, BW, VL): the popcount GEMMs count with vpopcntq, 8
     # output channels a vector, on weights interleaved by blocks of wblock columns (render.py)
     *(_k("bgemm", f"pm1xpm1_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS, chunk=CHUNK, wblock=8) for out in OUTS),
-    *(_k("pgemm", f"planes_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS, chunk=CHUNK, wblock=8) for out in OUTS),
+    *(_k("pgemm", f"planes_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS, chunk=CHUNK, wblock=8,
+         plane_pairs=PLANE_PAIRS) for out in OUTS),
     *(_k("iconv", f"i16_{out}", out=out) for out in OUTS),
     *(_k("iconv", f"i16_{out}", "avx2", nr=4, out=out) for out in OUTS),
     *(_k("ikconv", f"i16_{out}", out=out, max_k2=MAX_K2) for out in OUTS),

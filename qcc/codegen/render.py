@@ -15,7 +15,7 @@ import jinja2
 import numpy as np
 
 import qcc
-from qcc.codegen.kernels import KERNEL_DIR, KMAJOR_MAX_C, MAX_K, MAX_K2, MAX_TAPS, KernelSpec, find
+from qcc.codegen.kernels import KERNEL_DIR, KMAJOR_MAX_C, MAX_K, MAX_K2, MAX_TAPS, RUNS, KernelSpec, find
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node
 from qcc.ir.kernels_ref import pack_bits, plane_words
@@ -251,7 +251,11 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         codes = a.w_spec.to_code(a.weight)  # (co, kh, kw, ci)
         wplanes = a.w_spec.bits
         binary = a.x_spec.bipolar and a.w_spec.bipolar
-        spec = find(*(("bgemm", f"pm1xpm1_{a.out}") if binary else ("pgemm", f"planes_{a.out}")), isa=u.isa)
+        key = ("bgemm", f"pm1xpm1_{a.out}") if binary else ("pgemm", f"planes_{a.out}")
+        # the first variant along the ISA's fallbacks that takes these plane counts (the avx512
+        # plane GEMM has tiles for the counts the lowering makes: a widened test layer may have more)
+        spec = next(s for s in (find(*key, isa=i) for i in RUNS[u.isa])
+                    if (a.x_spec.bits, wplanes) in s.param("plane_pairs", ((a.x_spec.bits, wplanes),)))
         gemm = u.use(spec)
         rows = _weight_rows(codes, wplanes, ps)
         if spec.param("wblock"):

@@ -732,6 +732,16 @@ def test_pgemm_layer(p, isa):
     check_on(isa, layer_case(p))
 
 
+def test_avx512_plane_gemm_leaves_unlisted_plane_counts_to_avx2():
+    """The avx512 plane GEMM has a tile for each (input, weight) plane count the lowering makes;
+    a layer with others (3 input planes here) is rendered with the AVX2 variant instead."""
+    three = next(p for p in PGEMM_CASES if p.x == "u3")
+    two = next(p for p in PGEMM_CASES if (GRIDS[p.x].bits, GRIDS[p.w].bits) == (2, 2))
+    for p, isa in ((three, "avx2"), (two, "avx512")):
+        ks = {k for k in _kernels_of(render(planned(layer_case(p)), MODEL, isa="avx512").c) if k.startswith("qcc_pgemm_")}
+        assert len(ks) == 1 and ks.pop().endswith(f"__{isa}"), p
+
+
 # -------------------------------------------------------------- int16-level layer (iconv)
 
 ICONV_ALL = [

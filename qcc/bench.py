@@ -240,8 +240,8 @@ CEILING_TILES = {
     "avx2": _Tile('{% import "popcount_avx2.c.j2" as p %}{{ p.split_tile("qcc_ceiling", "xor") }}',
                   f"static __m256i ws[{KV} * 16]; qcc_ceiling_split(qcc_ceiling_w, {CEILING_WORDS}, {KV}, ws);",
                   f"qcc_ceiling_stile(qcc_ceiling_row, ws, {KV})", "avx2,popcnt"),
-    "avx512": _Tile('{% import "popcount_avx512.c.j2" as p %}{{ p.vtile("qcc_ceiling", "xor") }}', "",
-                    f"_mm512_cvtepi64_epi32(qcc_ceiling_vtile(qcc_ceiling_row, qcc_ceiling_w, {CEILING_WORDS}))",
+    "avx512": _Tile('{% import "popcount_avx512.c.j2" as p %}{{ p.ptile("qcc_ceiling", 1, 1, "xor") }}', "",
+                    f"_mm512_cvtepi64_epi32(qcc_ceiling_ptile1x1(qcc_ceiling_row, {CEILING_WORDS}, qcc_ceiling_w, {CEILING_WORDS}))",
                     "avx2,popcnt,avx512f,avx512bw,avx512vl,avx512vpopcntdq"),
 }
 _ceiling_cache: dict[str, float] = {}

@@ -54,7 +54,7 @@ from qcc.ir.kernels_ref import levels, pack_planes, unpack_bits, unpack_planes, 
 from qcc.ir.ops import (BinaryAttrs, ConcatAttrs, ConvAttrs, EwAttrs, EwStep, LayerAttrs, PoolAttrs,
                         QuantizeAttrs, ReshapeAttrs, SoftmaxAttrs, ThresholdAttrs, TransposeAttrs, UnpackAttrs)
 from qcc.ir.quant import QuantSpec
-from qcc.passes.plan_memory import nbytes, plan_memory
+from qcc.passes.plan_memory import ALIGN, nbytes, plan_memory, scratch_bytes
 
 F32 = np.float32
 BIPOLAR = QuantSpec(-1, 1, 2)
@@ -226,8 +226,30 @@ def storage_shape(t: Tensor) -> tuple[int, ...]:
     return t.shape
 
 
+def apart(g: Graph) -> tuple[Graph, list[tuple[int, int]]]:
+    """``g`` with its arena laid out again, every buffer (tensor or im2col scratch) on its own with
+    at least ALIGN bytes between buffers; and those gaps, (start, end) byte ranges no kernel may
+    write. The test graphs keep every tensor live to the end, so no buffer shares memory anyway;
+    apart, a write past a buffer lands in a gap, where it is seen, instead of in a neighbour that
+    may be written later."""
+    root, at, gaps = g.meta["arena_root"], ALIGN, []
+    offset, scratch = {}, {}
+    buffers = [(r, nbytes(g.tensors[r])) for r in dict.fromkeys(root[n] for n in g.meta["arena"])]
+    buffers += [(i, scratch_bytes(g, g.nodes[i])) for i in g.meta["scratch"]]
+    for key, nb in buffers:
+        (scratch if isinstance(key, int) else offset)[key] = at
+        end = at + nb
+        at = -(-end // ALIGN) * ALIGN + ALIGN
+        gaps.append((end, at))
+    arena = {n: offset[root[n]] for n in g.meta["arena"]}
+    scratch = {i: (scratch[i], g.meta["scratch"][i][1]) for i in scratch}
+    return g.replace(meta=dict(g.meta, arena=arena, scratch=scratch, arena_size=at)), [(0, ALIGN)] + gaps
+
+
 def run_c(g: Graph, x: np.ndarray, cflags: tuple[str, ...] = (), isa: str = "scalar") -> list[dict[str, np.ndarray]]:
-    """Build and run ``g`` once per arena fill; each run's output and arena tensors, raw storage."""
+    """Build and run ``g`` (its buffers apart) once per arena fill; each run's output and arena
+    tensors, raw storage."""
+    g, gaps = apart(g)
     ffi, lib = build(render(g, MODEL, isa=isa), MODEL, cflags)
     run = getattr(lib, f"{MODEL}_run")
     size = g.meta["arena_size"]
@@ -244,6 +266,8 @@ def run_c(g: Graph, x: np.ndarray, cflags: tuple[str, ...] = (), isa: str = "sca
         assert rc == 0, f"{MODEL}_run returned {rc}"
         assert (buf[:start] == fill).all(), "written before the arena"
         assert (buf[start + size:] == fill).all(), "written past the arena"
+        for a, b in gaps:
+            assert (arena[a:b] == fill).all(), f"written between buffers, at arena bytes {a}..{b}"
         assert np.array_equal(inp.view(np.uint32), np.ascontiguousarray(x, F32).reshape(-1).view(np.uint32)), \
             "the input buffer was modified"
         got = {"OUTPUT": out.reshape(g.tensors[g.outputs[0]].shape) if len(g.outputs) == 1 else out}

@@ -86,6 +86,14 @@ static inline uint64_t qcc_bits_transpose8(uint64_t x) {
     return x ^ t ^ (t << 28);
 }
 
+/* The sign quantizer's test (BipolarQuant, 1-bit signed Quant): x / scale + zero >= 0, in these
+ * float operations, as every variant does it. */
+static inline int qcc_sign_ge0(float v, float scale, float zero) {
+    float t = v / scale;
+    t = t + zero;
+    return t >= 0.0f;
+}
+
 /* Set channel co's code in a pixel's planes (words per plane: wd); the row starts zeroed. */
 static inline void qcc_put_code(uint64_t *row, int32_t wd, int32_t planes, int32_t co, int32_t code) {
     for (int32_t p = 0; p < planes; p++)

@@ -88,15 +88,16 @@ def _inspect(args) -> int:
 def _size_report(model, low, targets, name="model"):
     from qcc.codegen.size import size_report
 
-    fp32 = None
-    try:  # the fp32 twin's initializers, for scale; the report stands without them
+    fp32, note = None, ""
+    try:  # the fp32 twin's initializers, for scale; the report stands without them, and says why
         from onnx import numpy_helper
 
         from qcc.frontend.twins import float_twin
         fp32 = int(sum(numpy_helper.to_array(t).nbytes for t in float_twin(model).graph.initializer))
-    except Exception:
-        pass
-    return size_report(low, targets, name=name, source=os.path.basename(os.fspath(model)), fp32_model_bytes=fp32)
+    except Exception as e:  # noqa: BLE001 (any failure of the twin is reported, not raised)
+        note = f"the float twin failed: {type(e).__name__}: {str(e)[:200]}"
+    return size_report(low, targets, name=name, source=os.path.basename(os.fspath(model)), fp32_model_bytes=fp32,
+                       fp32_model_note=note)
 
 
 def _size_line(args, low) -> str:

@@ -71,6 +71,7 @@ class SizeReport:
     activation_bytes: int     # every activation tensor (not the inputs), each in its own buffer
     scratch_bytes: int        # im2col rows, each layer its own
     targets: tuple[TargetSize, ...]
+    fp32_model_note: str = ""     # why fp32_model_bytes is unknown, when it was asked for
 
     def format(self) -> str:
         return format_report(self)
@@ -167,7 +168,7 @@ def default_targets() -> list[str]:
 
 
 def size_report(low: Graph, targets: list[str] | None = None, name: str = "model", source: str = "",
-                fp32_model_bytes: int | None = None) -> SizeReport:
+                fp32_model_bytes: int | None = None, fp32_model_note: str = "") -> SizeReport:
     """The report for the lowered, memory-planned graph ``low`` on ``targets`` (default: all)."""
     layers = [layer_info(n, low.tensors) for n in low.nodes if n.op == "layer"]
     roots = low.meta["arena_root"]
@@ -175,6 +176,7 @@ def size_report(low: Graph, targets: list[str] | None = None, name: str = "model
     scratch = sum(b for _, b in low.meta["scratch"].values())
     return SizeReport(source=source, layer_weight_bytes=sum(i.weight_bytes for i in layers),
                       fp32_layer_bytes=sum(i.fp32_bytes for i in layers), fp32_model_bytes=fp32_model_bytes,
+                      fp32_model_note=fp32_model_note,
                       arena_bytes=low.meta["arena_size"], activation_bytes=acts, scratch_bytes=scratch,
                       targets=tuple(target_size(low, TARGETS[t], name, source) for t in (targets or default_targets())))
 
@@ -200,6 +202,8 @@ def format_report(r: SizeReport) -> str:
            f"({_ratio(r.fp32_layer_bytes, r.layer_weight_bytes)} smaller)"
     if r.fp32_model_bytes is not None:
         fp32 += f"; the fp32 model's initializers: {r.fp32_model_bytes:,} bytes"
+    elif r.fp32_model_note:
+        fp32 += f"; the fp32 model's initializers: not counted ({r.fp32_model_note})"
     without = r.activation_bytes + r.scratch_bytes
     lines += [fp32, f"arena: {r.arena_bytes:,} bytes vs {without:,} bytes without reuse (activations {r.activation_bytes:,} "
                     f"+ im2col scratch {r.scratch_bytes:,}; {_ratio(without, r.arena_bytes)} smaller)"]

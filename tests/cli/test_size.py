@@ -154,3 +154,19 @@ def test_absent_size_tool_is_named(monkeypatch):
     assert "not measured: arm-none-eabi-size not installed" in text
     row = _rows(text)["cortex-m"]
     assert row[1:6] == ("-",) * 5 and _int(row[6]) > 0  # weights are known without the tool
+
+
+def test_float_twin_failure_is_said_not_hidden(monkeypatch, capsys):
+    """The fp32 model's bytes come from its float twin; when that fails, the report still stands
+    and says why the figure is missing."""
+    import qcc.frontend.twins as twins
+
+    def broken(model):
+        raise ValueError("no twin today")
+
+    out = _run(["inspect", MODEL, "--size", "--target", "scalar"], capsys)
+    assert re.search(r"the fp32 model's initializers: [\d,]+ bytes", out)
+    monkeypatch.setattr(twins, "float_twin", broken)
+    out = _run(["inspect", MODEL, "--size", "--target", "scalar"], capsys)
+    assert "the fp32 model's initializers: not counted (the float twin failed: ValueError: no twin today)" in out
+    assert _rows(out)["scalar"]

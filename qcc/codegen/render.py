@@ -155,9 +155,11 @@ def _quantize(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     nthr = 0
     thr = "NULL"
     if a.mode == "thresholds":
-        t = np.asarray(a.thresholds, np.float32)
+        # sorted per channel: the count #{j : x >= thr[j]} does not depend on their order, and in
+        # order the kernel finds it by bisection (NaN thresholds, never reached, sort last)
+        t = np.sort(np.asarray(a.thresholds, np.float32), axis=1)
         nparam, nthr = t.shape
-        thr = u.array(f"{pre}_thr", "float", t)
+        thr = u.array(f"{pre}_thr", "float", t, "thresholds per channel, ascending")
     return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {_rows(x.shape)}, {c}, {scale}, {zero}, {nparam}, "
             f"{cfloat(a.clamp[0])}, {cfloat(a.clamp[1])}, {ROUNDING[a.rounding]}, {thr}, {nthr}, {a.spec.lo}, {a.spec.step}, "
             f"{a.spec.bits});"]

@@ -1103,11 +1103,15 @@ def quant_case(p: QuantCase) -> Case:
     else:
         spec = _qspec(p.spec)
         steps = spec.levels - 1
-        thr = np.sort(rng.uniform(-2, 2, (npar, steps)).astype(F32), axis=1)
+        thr = rng.uniform(-2, 2, (npar, steps)).astype(F32)
+        if steps > 2:  # a repeated threshold counts twice
+            thr[:, 1] = thr[:, 0]
         x = rng.uniform(-3, 3, xs).astype(F32)
         for j in range(steps):  # values exactly on a threshold count as reaching it
             hit = rng.random(xs) < 0.4 / steps
             x[hit] = np.broadcast_to(thr[:, j], xs)[hit]
+        x.reshape(-1)[:2] = np.nan  # NaN reaches no threshold
+        thr = rng.permuted(thr, axis=1)  # MultiThreshold's thresholds need not be in order
         attrs = QuantizeAttrs("thresholds", spec, thresholds=thr, out=p.out)
         q = spec.lo + spec.step * (x[..., None] >= thr).sum(axis=-1)
     chain = Chain(shape).nhwc().quantize(attrs)

@@ -174,10 +174,14 @@ static inline float qcc_absf(float v) {
     b.u &= 0x7fffffffu;
     return b.f;
 }
+/* Half to even by the float adder itself: below 2^23 in magnitude, v + 2^23 (with v's sign) has
+ * unit spacing, so IEEE round-to-nearest-even rounds v there, and taking 2^23 back is exact.
+ * No branch on the data (the comparisons of a floor-based version mispredict on every tie and
+ * fraction). Needs IEEE single precision arithmetic (no x87 excess precision, no -ffast-math). */
 static inline float qcc_round_half_even(float v) {
     if (!qcc_f32_small(v)) return v;
-    float f = qcc_floorf(v), d = v - f;  /* exact: f and v are within 1 */
-    float r = d > 0.5f ? f + 1.0f : (d < 0.5f ? f : (((int32_t)f & 1) ? f + 1.0f : f));
+    const float big = v < 0.0f ? -QCC_F32_INTEGRAL : QCC_F32_INTEGRAL;
+    const float r = (v + big) - big;
     return r == 0.0f ? v * 0.0f : r;
 }
 

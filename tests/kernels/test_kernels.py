@@ -13,7 +13,9 @@ read back after the call and compared with the oracle, bit for bit. That is how 
 tensors are checked word for word, every plane and the unused tail bits included, and ``i16``
 tensors value for value. Each module runs three times on an arena pre-filled with 0x00, 0xA5 and
 0xFF: results must not depend on stale arena contents, nothing may be written outside the arena,
-the input must stay untouched.
+the input must stay untouched. The arena is laid out again for the harness (``apart``) with a
+checked gap after every buffer, so a kernel writing past its own tensor or im2col scratch fails
+even where the bytes it hits belong to no one.
 
 The oracle itself is checked against independent maths wherever a case can state it: levels
 from the quantizer computed by hand (inputs are built so that the expected level is known), a

@@ -13,8 +13,8 @@ read back after the call and compared with the oracle, bit for bit. That is how 
 tensors are checked word for word, every plane and the unused tail bits included, and ``i16``
 tensors value for value. Each module runs three times on an arena pre-filled with 0x00, 0xA5 and
 0xFF: results must not depend on stale arena contents, nothing may be written outside the arena,
-the input must stay untouched. The arena is laid out again for the harness (``apart``) with a
-checked gap after every buffer, so a kernel writing past its own tensor or im2col scratch fails
+the input must stay untouched. The arena is laid out again for the tests (``apart``, host and
+NEON runs alike) with a checked gap after every buffer, so a kernel writing past its own tensor or im2col scratch fails
 even where the bytes it hits belong to no one.
 
 The oracle itself is checked against independent maths wherever a case can state it: levels
@@ -1665,7 +1665,7 @@ def run_neon(cases: list[Case], work) -> None:
     missing = target.missing()
     if missing:
         pytest.skip(f"the neon target needs {', '.join(missing)}")
-    g = plan_memory(merged(cases)).graph
+    g, gaps = apart(plan_memory(merged(cases)).graph)
     feeds = {f"c{i}_x": np.asarray(c.x, F32) for i, c in enumerate(cases)}
     env = interp.run(g, feeds, keep_all=True)
     src = render(g, MODEL, isa=NEON)
@@ -1676,6 +1676,8 @@ def run_neon(cases: list[Case], work) -> None:
     y = run_program(exe, target, x, out_size, arena=arena_file, timeout=300)[0]
     arena = np.frombuffer(arena_file.read_bytes(), np.uint8)
     assert arena.size == g.meta["arena_size"], f"arena dump {arena.size} bytes, arena {g.meta['arena_size']}"
+    for a, b in gaps:  # the harness fills the arena with 0xA5 before the run
+        assert (arena[a:b] == 0xA5).all(), f"written between buffers, at arena bytes {a}..{b}"
     off, checked = 0, set()
     for i, (case, o) in enumerate(zip(cases, g.outputs)):
         t = g.tensors[o]

@@ -235,11 +235,11 @@ class _Tile:
     target: str     # the C target attribute
 
 
-KV = CEILING_WORDS // 4
+CEILING_KV = CEILING_WORDS // 4  # its 256-bit vectors
 CEILING_TILES = {
     "avx2": _Tile('{% import "popcount_avx2.c.j2" as p %}{{ p.split_tile("qcc_ceiling", "xor") }}',
-                  f"static __m256i ws[{KV} * 16]; qcc_ceiling_split(qcc_ceiling_w, {CEILING_WORDS}, {KV}, ws);",
-                  f"qcc_ceiling_stile(qcc_ceiling_row, ws, {KV})", "avx2,popcnt"),
+                  f"static __m256i ws[{CEILING_KV} * 16]; qcc_ceiling_split(qcc_ceiling_w, {CEILING_WORDS}, {CEILING_KV}, ws);",
+                  f"qcc_ceiling_stile(qcc_ceiling_row, ws, {CEILING_KV})", "avx2,popcnt"),
     "avx512": _Tile('{% import "popcount_avx512.c.j2" as p %}{{ p.ptile("qcc_ceiling", 1, 1, "xor") }}', "",
                     f"_mm512_cvtepi64_epi32(qcc_ceiling_ptile1x1(qcc_ceiling_row, {CEILING_WORDS}, qcc_ceiling_w, {CEILING_WORDS}))",
                     "avx2,popcnt,avx512f,avx512bw,avx512vl,avx512vpopcntdq"),

@@ -18,7 +18,7 @@ import qcc
 from qcc.codegen.kernels import KERNEL_DIR, KMAJOR_MAX_C, MAX_K, MAX_K2, MAX_TAPS, RUNS, KernelSpec, find
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node
-from qcc.ir.kernels_ref import pack_bits, plane_words
+from qcc.ir.kernels_ref import pack_bits, plane_words, words
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 SIMD_MAX_THRESHOLDS = 15  # up to 4-bit outputs: more thresholds are binary-searched per channel
@@ -261,7 +261,7 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         gemm = u.use(spec)
         rows = _weight_rows(codes, wplanes, ps)
         if spec.param("wblock"):
-            b, nw = spec.param("wblock"), -(-kh * kw * cig // 64)
+            b, nw = spec.param("wblock"), words(kh * kw * cig)
             wt = u.array(f"{pre}_weight", "uint64_t", _column_blocks(rows[:, :, :nw], b),
                          f"weight codes: [{-(-co // b)} blocks of {b} channels][{wplanes} planes][{nw} words of "
                          f"{kh}x{kw} taps x {cig} channels as bits][{b} channels]")

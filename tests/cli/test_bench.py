@@ -128,3 +128,16 @@ def test_bench_png_without_matplotlib_is_one_line(tmp_path, capsys):
         code = main(["bench", str(MODEL), "--runs", "2", "--warmup", "0", "--no-int8", "--layers",
                      "--png", str(tmp_path / "c.png"), "--quiet"])
         assert code == 0 and (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_popcount_ceiling_of_each_isa_this_cpu_runs():
+    """qcc bench's ceiling compiles and runs the ISA's own GEMM tile (avx2: the split nibble tile,
+    avx512: the vpopcntq tile), on every x86 ISA this CPU runs; portable ISAs have none."""
+    from qcc.bench import CEILING_TILES, popcount_ceiling
+    from qcc.codegen.build import host_isa
+    from qcc.codegen.kernels import RUNS
+
+    assert popcount_ceiling("scalar") is None and popcount_ceiling("neon") is None
+    for isa in CEILING_TILES.keys() & set(RUNS[host_isa()]):
+        rate = popcount_ceiling(isa, seconds=0.05)
+        assert rate > 1e9 and popcount_ceiling(isa) == rate  # bit-MACs per second, measured once

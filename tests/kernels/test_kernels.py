@@ -14,8 +14,8 @@ tensors are checked word for word, every plane and the unused tail bits included
 tensors value for value. Each module runs three times on an arena pre-filled with 0x00, 0xA5 and
 0xFF: results must not depend on stale arena contents, nothing may be written outside the arena,
 the input must stay untouched. The arena is laid out again for the tests (``apart``, host and
-NEON runs alike) with a checked gap after every buffer, so a kernel writing past its own tensor or im2col scratch fails
-even where the bytes it hits belong to no one.
+NEON runs alike) with a checked gap after every buffer, so a kernel writing past its own tensor
+or im2col scratch fails even where the bytes it hits belong to no one.
 
 The oracle itself is checked against independent maths wherever a case can state it: levels
 from the quantizer computed by hand (inputs are built so that the expected level is known), a
@@ -234,18 +234,16 @@ def apart(g: Graph) -> tuple[Graph, list[tuple[int, int]]]:
     write. The test graphs keep every tensor live to the end, so no buffer shares memory anyway;
     apart, a write past a buffer lands in a gap, where it is seen, instead of in a neighbour that
     may be written later."""
-    root, at, gaps = g.meta["arena_root"], ALIGN, []
-    offset, scratch = {}, {}
-    buffers = [(r, nbytes(g.tensors[r])) for r in dict.fromkeys(root[n] for n in g.meta["arena"])]
-    buffers += [(i, scratch_bytes(g, g.nodes[i])) for i in g.meta["scratch"]]
-    for key, nb in buffers:
-        (scratch if isinstance(key, int) else offset)[key] = at
-        end = at + nb
-        at = -(-end // ALIGN) * ALIGN + ALIGN
-        gaps.append((end, at))
+    root, gaps = g.meta["arena_root"], [(0, ALIGN)]
+
+    def place(nb: int) -> int:  # the next buffer's offset, and the gap after it
+        at = gaps[-1][1]
+        gaps.append((at + nb, -(-(at + nb) // ALIGN) * ALIGN + ALIGN))
+        return at
+    offset = {r: place(nbytes(g.tensors[r])) for r in dict.fromkeys(root[n] for n in g.meta["arena"])}
+    scratch = {i: (place(scratch_bytes(g, g.nodes[i])), nb) for i, (_, nb) in g.meta["scratch"].items()}
     arena = {n: offset[root[n]] for n in g.meta["arena"]}
-    scratch = {i: (scratch[i], g.meta["scratch"][i][1]) for i in scratch}
-    return g.replace(meta=dict(g.meta, arena=arena, scratch=scratch, arena_size=at)), [(0, ALIGN)] + gaps
+    return g.replace(meta=dict(g.meta, arena=arena, scratch=scratch, arena_size=gaps[-1][1])), gaps
 
 
 def run_c(g: Graph, x: np.ndarray, cflags: tuple[str, ...] = (), isa: str = "scalar") -> list[dict[str, np.ndarray]]:

@@ -25,7 +25,7 @@ from qcc.errors import QccError
 CFLAGS = ["-O2", "-std=c99", "-ffp-contract=off", "-fno-strict-aliasing"]
 
 
-AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq"}  # /proc/cpuinfo's names
+AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq", "avx512_vnni"}  # /proc/cpuinfo's names
 
 
 def host_isa() -> str:
@@ -43,7 +43,7 @@ def host_isa() -> str:
 
 
 def x86_isa(flags: set[str]) -> str:
-    """``avx512`` with AVX2 and AVX-512 F/BW/VL/VPOPCNTDQ, ``avx2`` with AVX2 and POPCNT, else
+    """``avx512`` with AVX2 and AVX-512 F/BW/VL/VPOPCNTDQ/VNNI, ``avx2`` with AVX2 and POPCNT, else
     ``scalar``."""
     if not {"avx2", "popcnt"} <= flags:
         return "scalar"

@@ -23,7 +23,8 @@ class LayerInfo:
     weights: str       # the weights' encoding (pm1, i2, i8 ..., f32)
     pairs: int         # plane pairs (0 off the bit-plane kernels)
     macs: int
-    weight_bytes: int  # as compiled for scalar, avx2, neon (avx512 keeps bit rows unpadded, in blocks of 8 channels)
+    # as compiled for scalar, avx2, neon (avx512 keeps bit rows unpadded in blocks of 8 channels, int8 weights as bytes)
+    weight_bytes: int
     fp32_bytes: int    # the same weights in fp32
 
     @property

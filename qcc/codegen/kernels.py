@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from qcc.passes.lower import MAX_PLANE_PAIRS, PLANE_BITS
 
@@ -18,6 +18,7 @@ MAX_TAPS = 256  # kh * kw of the bit-plane kernels (their padding bookkeeping is
 MAX_K2 = 1024  # pairs of window levels of the k-major int16 conv (its row is on the stack)
 KMAJOR_MAX_C = 16  # input channels below which the int16 conv runs along output channels
 MAX_K = 4096  # window values of the k-major float conv (its row is on the stack)
+DCONV_ROWS = 64 << 10  # bytes of window rows the dot-product conv gathers on the stack (at least mr rows)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ KERNELS: tuple[KernelSpec, ...] = (
     *(_k("bgemm", f"pm1xpm1_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS, chunk=CHUNK, wblock=8) for out in OUTS),
     *(_k("pgemm", f"planes_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS, chunk=CHUNK, wblock=8,
          plane_pairs=PLANE_PAIRS) for out in OUTS),
+    # x86-64 with AVX-512 VNNI: integer convs whose levels fit u8 x s8 (render.py) by vpdpbusd
+    *(_k("dconv", f"u8s8_{out}", "avx512", mr=6, nr=32, out=out, rows_bytes=DCONV_ROWS) for out in OUTS),
     *(_k("iconv", f"i16_{out}", out=out) for out in OUTS),
     *(_k("iconv", f"i16_{out}", "avx2", nr=4, out=out) for out in OUTS),
     *(_k("ikconv", f"i16_{out}", out=out, max_k2=MAX_K2) for out in OUTS),
@@ -116,15 +119,20 @@ KERNELS: tuple[KernelSpec, ...] = (
 
 
 # The ISAs whose variants a CPU of each ISA runs, best first: a family without a variant for an
-# ISA takes the next one's (avx512 has only the popcount GEMMs; its other kernels are AVX2's).
+# ISA takes the next one's (avx512 has only the popcount GEMMs and the dot-product conv; its other
+# kernels are AVX2's).
 RUNS = {"scalar": ("scalar",), "avx2": ("avx2", "scalar"), "avx512": ("avx512", "avx2", "scalar"),
         "neon": ("neon", "scalar")}
 
 
+def variants(family: str, operands: str, isa: str = "scalar") -> Iterator[KernelSpec]:
+    """The declared variants for (family, operands) that a CPU of ``isa`` runs, best first (RUNS)."""
+    return (k for want in RUNS[isa] for k in KERNELS if (k.family, k.operands, k.isa) == (family, operands, want))
+
+
 def find(family: str, operands: str, isa: str = "scalar") -> KernelSpec:
     """The declared variant for (family, operands, isa), or that of the next ISA in RUNS[isa]."""
-    for want in RUNS[isa]:
-        for k in KERNELS:
-            if (k.family, k.operands, k.isa) == (family, operands, want):
-                return k
-    raise KeyError(f"no kernel variant {family}/{operands}")
+    k = next(variants(family, operands, isa), None)
+    if k is None:
+        raise KeyError(f"no kernel variant {family}/{operands}")
+    return k

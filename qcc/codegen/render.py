@@ -15,14 +15,14 @@ import jinja2
 import numpy as np
 
 import qcc
-from qcc.codegen.kernels import KERNEL_DIR, KMAJOR_MAX_C, MAX_K, MAX_K2, MAX_TAPS, RUNS, KernelSpec, find
+from qcc.codegen.kernels import KERNEL_DIR, KMAJOR_MAX_C, MAX_K, MAX_K2, MAX_TAPS, KernelSpec, find, variants
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node
 from qcc.ir.kernels_ref import pack_bits, plane_words, words
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
-SIMD_MAX_THRESHOLDS = 15  # up to 4-bit outputs: more thresholds are binary-searched per channel
-GUESS_MIN_THRESHOLDS = 16  # from here on, the threshold search starts from a guess (qcc_threshold_count)
+SIMD_MAX_THRESHOLDS = 15  # up to 4-bit outputs, SIMD output transforms compare all thresholds (thr_by_level)
+GUESS_MIN_THRESHOLDS = SIMD_MAX_THRESHOLDS + 1  # from here on, the search starts from a guess (recip)
 SIMD_ISAS = ("avx2", "avx512", "neon")  # ISAs whose output transforms read the thresholds level-major (thr_by_level)
 CTYPES = {"f32": "float", "i16": "int16_t", "bits": "uint64_t"}
 ROUNDING = {"ROUND": "QCC_ROUND", "CEIL": "QCC_CEIL", "FLOOR": "QCC_FLOOR", "UP": "QCC_UP",
@@ -194,26 +194,68 @@ def _transform(u: Unit, pre: str, a) -> str:
         if u.isa in SIMD_ISAS and t.thr.shape[1] <= SIMD_MAX_THRESHOLDS:  # compared for 4 channels at once
             by_level = u.array(f"{pre}_thr_by_level", "int32_t", clipped.T,
                                "the thresholds level-major, for the SIMD output transform")
-        recip = "NULL"
+        guess, probe = "NULL, NULL, NULL, NULL", False
         if t.thr.shape[1] >= GUESS_MIN_THRESHOLDS:
-            recip = u.array(f"{pre}_recip", "uint32_t", _spacing_reciprocals(clipped),
-                            "2^32 (nthr - 1) / (last - first threshold): the threshold search's first guess")
-        u.structs.append(f"static const qcc_thresholds {pre}_out = {{ /* thr, sign, nthr, lo, step, planes, by level, recip */\n"
-                         f"    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, {t.spec.step}, {t.spec.bits}, {by_level}, "
-                         f"{recip}}};")
+            mul, add, shift, probe = _threshold_guesses(clipped)
+            guess = ", ".join([
+                u.array(f"{pre}_guess_mul", "uint32_t", mul, "the threshold search's first guess, (d * mul + add) >> shift"),
+                u.array(f"{pre}_guess_add", "uint64_t", add), u.array(f"{pre}_guess_shift", "uint8_t", shift),
+                u.array(f"{pre}_ends", "int32_t", clipped[:, [0, -1]].T, "first and last thresholds [2][co]")])
+        u.structs.append(f"static const qcc_thresholds {pre}_out = {{ /* thr, sign, nthr, lo, step, planes, by level, "
+                         f"guess mul, add, shift, ends, probe */\n    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, "
+                         f"{t.spec.step}, {t.spec.bits}, {by_level}, {guess}, {probe:d}}};")
     return f"&{pre}_out"
 
 
-def _spacing_reciprocals(thr: np.ndarray) -> np.ndarray:
-    """Per channel, floor(2^32 (n - 1) / (thr[-1] - thr[0])) as uint32 (saturated; 0 for a flat
-    channel): times s - thr[0] and >> 32, the count of thresholds below s if they were evenly
-    spaced. Only a first guess; qcc_threshold_count steps from it to the exact count."""
-    span = thr[:, -1].astype(np.int64) - thr[:, 0].astype(np.int64)
-    n = thr.shape[1]
-    out = np.zeros(len(thr), np.uint64)
-    pos = span > 0
-    out[pos] = np.minimum(((n - 1) << 32) // span[pos], (1 << 32) - 1)
-    return out
+def _threshold_guesses(thr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """The first guess of the threshold search for many thresholds (qcc_threshold_count), per
+    channel: for thr[0] <= s < thr[n-1], count(s) = #{j : s >= thr[j]} is guessed as
+    ``k = ((s - thr[0]) * mul + add) >> shift`` (unsigned 64-bit); and whether, in every channel,
+    k is the count or one less, so that ``k + (s >= thr[k])`` is the count with no search (probe).
+
+    Derivation. Write d = s - thr[0], D_j = thr[j] - thr[0]. count is j + 1 on each segment
+    D_j <= d <= D_{j+1} - 1 (j = 0 .. n-2; empty where thresholds repeat), and k is
+    nondecreasing in d, so j <= k <= j + 1 holds on every segment iff it holds at its ends:
+        D_j * mul + add >= j 2^shift   and   (D_{j+1} - 1) * mul + add <= (j + 2) 2^shift - 1.
+    (The slack of one level is what folded float32 quantizers need: their thresholds are evenly
+    spaced only up to a rounding here and there, and an exact line through them rarely exists.)
+    For a given mul these bound add to [A_lo(mul), A_hi(mul)], and A_hi - A_lo is a concave
+    function of mul (a minimum of lines minus a maximum of lines): a ternary search over integers
+    finds the mul that maximizes it; the channel can probe when that maximum is >= 0 (then
+    add = A_lo, in [0, 2^(shift+1)) by the j = 0 and j = 1 bounds). shift puts mul near 2^31 (the
+    most bits of spacing in mul's 32), and every product stays below 2^63. Otherwise the layer is
+    searched, from the guess of the mean spacing: mul = 2^32 (n - 1) / D_{n-1}, add = 2^32, shift 32
+    (k >= 1, which the search needs)."""
+    co, n = thr.shape
+    thr = thr.astype(np.int64)
+    d = thr - thr[:, :1]
+    span = d[:, -1]
+    den = np.maximum(span - 1, 1)
+    shift = np.clip(32 + np.floor(np.log2(den / n)).astype(np.int64), 0, 61 - int(np.ceil(np.log2(2 * n))))
+    one = np.left_shift(np.int64(1), shift)[:, None]
+    j = np.arange(n, dtype=np.int64)
+
+    def bounds(mul: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = mul[:, None]
+        a_lo = (j[:-1] * one - d[:, :-1] * m).max(axis=1)
+        a_hi = ((j[1:] + 1) * one - 1 - (d[:, 1:] - 1) * m).min(axis=1)
+        return a_lo, a_hi - a_lo
+
+    lo = np.zeros(co, np.int64)
+    hi = np.minimum((1 << 32) - 1, (n * one[:, 0]) // den)
+    while (hi - lo > 2).any():
+        m1, m2 = lo + (hi - lo) // 3, hi - (hi - lo) // 3
+        up = bounds(m1)[1] < bounds(m2)[1]
+        lo, hi = np.where(up, m1 + 1, lo), np.where(up, hi, m2)
+    mul, (add, width) = lo, bounds(lo)
+    for m in (np.minimum(lo + 1, hi), hi):
+        am, wm = bounds(m)
+        better = wm > width
+        mul, add, width = np.where(better, m, mul), np.where(better, am, add), np.where(better, wm, width)
+    if ((width >= 0) | (span == 0)).all():  # a channel with one distinct threshold never guesses
+        return mul, add, shift, True
+    mean = np.minimum(((n - 1) << 32) // np.maximum(span, 1), (1 << 32) - 1)
+    return mean, np.full(co, 1 << 32), np.full(co, 32), False
 
 
 def _weight_rows(codes: np.ndarray, planes: int, ps: int) -> np.ndarray:
@@ -256,7 +298,7 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         key = ("bgemm", f"pm1xpm1_{a.out}") if binary else ("pgemm", f"planes_{a.out}")
         # the first variant along the ISA's fallbacks that takes these plane counts (the avx512
         # plane GEMM has tiles for the counts the lowering makes: a widened test layer may have more)
-        spec = next(s for s in (find(*key, isa=i) for i in RUNS[u.isa])
+        spec = next(s for s in variants(*key, isa=u.isa)
                     if (a.x_spec.bits, wplanes) in s.param("plane_pairs", ((a.x_spec.bits, wplanes),)))
         gemm = u.use(spec)
         rows = _weight_rows(codes, wplanes, ps)
@@ -279,6 +321,16 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         xs, ws = a.x_spec, a.w_spec
         return [im2col_call, f"{gemm}({col}, {wt}, {cws}, {cwt}, {xs.lo}, {xs.step}, {ws.lo}, {ws.step}, {wplanes}, "
                              f"&{geom}, {ps}, {out}, {yp});"]
+    dot = next((s for s in variants("dconv", f"u8s8_{a.out}", u.isa) if x.dtype == "i16" and _fits_u8s8(a, s)), None)
+    if dot:
+        k, kq, co_pad = kh * kw * cig, -(-kh * kw * cig // 4), -(-co // dot.nr) * dot.nr
+        wk = np.zeros((4 * kq, co_pad), np.int64)
+        wk[:k, :co] = a.weight.reshape(co, -1).T
+        wt = u.array(f"{pre}_weight", "int8_t", wk.reshape(kq, 4, co_pad).transpose(0, 2, 1),
+                     f"weight levels k-major [{kq} quads of (ky, kx, ci)][{co_pad}][4]")
+        acc0 = u.array(f"{pre}_acc0", "int32_t", a.x_spec.lo * wk.sum(axis=0),
+                       "input lo x the sum of the weights, per output channel: where the accumulators start")
+        return [f"{u.use(dot)}({p(n.inputs[0], True)}, {wt}, {acc0}, &{geom}, {kq}, {co_pad}, {a.x_spec.lo}, {out}, {yp});"]
     if x.dtype == "i16" and a.conv.group == 1 and cig < KMAJOR_MAX_C and -(-kh * kw * cig // 2) <= MAX_K2:
         k2 = -(-kh * kw * cig // 2)  # few input channels (first layers): run along output channels
         co_pad = -(-co // 8) * 8
@@ -302,6 +354,16 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     wt = u.array(f"{pre}_weight", "float", a.weight, f"weights [{co}][{kh}][{kw}][{cig}]")
     fn = u.kernel(("fconv", "f32_f32"))
     return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {out}, {yp});"]
+
+
+def _fits_u8s8(a, spec: KernelSpec) -> bool:
+    """Whether the dot-product conv (dconv) takes this layer: group 1, input levels that are bytes
+    once lo is subtracted (the padding level 0 included), int8 weights, and ``mr`` window rows
+    within its stack buffer."""
+    lo, hi = a.x_spec.lo, a.x_spec.hi
+    row = -(-a.weight[0].size // 4) * 4
+    return (a.conv.group == 1 and lo <= 0 and max(hi, 0) - lo <= 255 and -128 <= a.weight.min()
+            and a.weight.max() <= 127 and -(-row // 64) * 64 * spec.mr <= spec.param("rows_bytes"))
 
 
 def _pool(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:

@@ -33,8 +33,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("native", "native", help="the best ISA this machine's CPU runs (avx512, avx2, neon or scalar)"),
     Target("scalar", "scalar", help="portable C99, any CPU"),
     Target("avx2", "avx2", help="x86-64 with AVX2 (kernels carry their own target attributes)"),
-    Target("avx512", "avx512", help="x86-64 with AVX-512 F/BW/VL and VPOPCNTDQ (Ice Lake, Zen 4 and later): "
-                                    "the popcount GEMMs count with vpopcntq, the other kernels are AVX2's"),
+    Target("avx512", "avx512", help="x86-64 with AVX-512 F/BW/VL, VPOPCNTDQ and VNNI (Ice Lake, Zen 4 and "
+                                    "later): the popcount GEMMs count with vpopcntq, int8 convs use vpdpbusd, the "
+                                    "other kernels are AVX2's"),
     Target("neon", "neon", cc="aarch64-linux-gnu-gcc", cflags=("-static",), runner=("qemu-aarch64",),
            size="aarch64-linux-gnu-size", help="aarch64 (Armv8-A) with NEON"),
     Target("cortex-m", "scalar", cc="arm-none-eabi-gcc", cflags=("-mcpu=cortex-m4", "-mthumb", "-ffreestanding"),

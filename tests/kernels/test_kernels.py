@@ -78,7 +78,10 @@ GRIDS = {
     "u3": QuantSpec(0, 7, 1),         # three planes (kernels allow it; the lowering widens to i16)
     "u4": QuantSpec(0, 15, 1),        # int16 storage
     "i8": QuantSpec(-128, 127, 1),    # int16 storage
+    "u8": QuantSpec(0, 255, 1),       # int16 storage
     "w8": QuantSpec(-127, 127, 1),    # narrow int8 weights
+    "i9": QuantSpec(-256, 255, 1),    # beyond int8 (the dot-product conv refuses it)
+    "u9": QuantSpec(0, 511, 1),
 }
 
 
@@ -460,12 +463,15 @@ def grid_weights(spec: QuantSpec, shape, rng) -> np.ndarray:
     return (spec.lo + spec.step * codes).astype(np.int32)
 
 
-def threshold_table(acc: np.ndarray, bound: int, steps: int, rng) -> tuple[np.ndarray, np.ndarray]:
+def threshold_table(acc: np.ndarray, bound: int, steps: int, rng, even: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel thresholds exercising every edge: values the accumulator reaches (sign +1 and
     -1), constant channels (-B: always, B+1: never, and +-2^40, which the C code clips to int32),
     and unused steps parked at B+1. With many steps (8-bit outputs), channels of kind 0 are spaced
     nearly evenly over the accumulator's range, as a folded uniform quantizer's are: the C search
-    guesses from the mean spacing there (and steps far from its guess on the other kinds)."""
+    guesses from the mean spacing there (and steps far from its guess on the other kinds).
+    ``even``: a requantizer's thresholds, ceil(t0 + j * spacing) over the accumulator's range
+    (sign +1 and -1), some moved by one (as float32 folds do), with constant channels (kinds 2
+    to 4): render.py proves its guess the count or one less."""
     co = acc.shape[-1]
     thr = np.empty((co, steps), np.int64)
     sign = np.ones(co, np.int8)
@@ -473,7 +479,12 @@ def threshold_table(acc: np.ndarray, bound: int, steps: int, rng) -> tuple[np.nd
         vals = acc[..., c].reshape(-1).astype(np.int64)
         kind = c % 8
         s = -1 if kind in (1, 3, 5, 7) else 1
-        if kind == 0 and steps >= 16:
+        if even and kind not in (2, 3, 4):
+            lo, hi = int((s * vals).min()), int((s * vals).max())
+            spacing = max(1.0, (hi - lo) / steps * rng.uniform(0.8, 1.1))
+            t = np.ceil(lo + rng.uniform(0, spacing) + spacing * np.arange(steps)).astype(np.int64)
+            t[1:-1] -= (rng.random(steps - 2) < 0.05) & (np.diff(t)[:-1] > 1)  # float32 rounding
+        elif kind == 0 and steps >= 16:
             lo, hi = int(vals.min()), int(vals.max())
             t = lo + (hi - lo + 1) * np.arange(steps) // steps + rng.integers(0, 2, steps)
         elif kind in (0, 1):
@@ -500,6 +511,7 @@ OUT_LEVELS = {
     "i16": ("i16", QuantSpec(-4, 4, 1)),
     "i16s": ("i16", QuantSpec(-100, 100, 25)),
     "i16w": ("i16", QuantSpec(-128, 127, 1)),  # 255 thresholds: the guessed search (qcc_threshold_count)
+    "i16q": ("i16", QuantSpec(-128, 127, 1)),  # 255 evenly spaced: the guess and one probe, no search
 }
 F32_OUTS = ("f32", "f32_mul", "f32_bias", "f32_mb")
 
@@ -509,7 +521,7 @@ def output_transform(out: str, acc: np.ndarray, bound: int, rng) -> tuple[dict, 
     co = acc.shape[-1]
     if out in OUT_LEVELS:
         kind, spec = OUT_LEVELS[out]
-        thr, sign = threshold_table(acc, bound, spec.levels - 1, rng)
+        thr, sign = threshold_table(acc, bound, spec.levels - 1, rng, even=out == "i16q")
         n = ((acc * sign)[..., None] >= thr).sum(axis=-1)
         return dict(thr=ThresholdAttrs(thr, sign, spec), out=kind), spec.lo + spec.step * n
     assert out in F32_OUTS + ("f32_off",), out
@@ -522,6 +534,47 @@ def output_transform(out: str, acc: np.ndarray, bound: int, rng) -> tuple[dict, 
     if bias is not None:
         y = (y + bias).astype(F32)
     return dict(mul=mul, bias=bias, acc_offset=off, out="f32"), y
+
+
+def test_threshold_guesses_need_one_probe_where_claimed():
+    """render's guess of the threshold count, k = ((s - thr[0]) * mul + add) >> shift, against
+    the count itself for every s at the ends of every segment between thresholds (the guess and
+    the count are both monotone, so that covers every s): where render says one probe is enough,
+    k + (s >= thr[k]) is the count. Evenly spaced thresholds (ceil(t0 + j * spacing), spacing 1
+    to 10^5: accumulators up to about 2^25), one of them moved by one (as float32 folds do), are;
+    uneven ones are not, and keep the mean spacing's guess, which is at least 1."""
+    rng = np.random.default_rng(5)
+    for spacing in (1.0, 1.37, 3.7, 17.3, 251.9, 1e4 + 0.3, 123456.789):
+        t0 = rng.uniform(-1e6, 1e6, 6)
+        sp = spacing * rng.uniform(1, 1.5, 6)
+        thr = np.ceil(t0[:, None] + np.arange(255) * sp[:, None]).astype(np.int64)
+        thr[1, 100] -= 1  # float32 rounding
+        thr[5] = np.sort(rng.integers(-5000, 5000, 255))  # uneven: searched
+        for rows, probe in ((thr[:5], True), (thr, False)):
+            mul, add, shift, got = render_mod._threshold_guesses(rows)
+            assert got == probe, f"spacing {spacing}"
+            for c, t in enumerate(rows):
+                s = np.unique(np.concatenate([t[1:] - 1, t[:-1]]))
+                want = (s[:, None] >= t).sum(axis=1)
+                k = (((s - t[0]).astype(object) * int(mul[c]) + int(add[c])) >> int(shift[c])).astype(np.int64)
+                assert int(mul[c]) < 1 << 32 and 0 <= int(add[c]) < 1 << (int(shift[c]) + 1) and int(shift[c]) < 64
+                if probe:
+                    np.testing.assert_array_equal(k + (s >= t[np.minimum(k, len(t) - 1)]), want, err_msg=f"{spacing} {c}")
+                    assert (k <= len(t) - 1).all()
+                else:
+                    assert (k >= 1).all()
+    flat = np.array([[-7] * 255, [9] * 255])  # one distinct threshold: never guessed
+    assert render_mod._threshold_guesses(np.vstack([flat, thr[:1]]))[3]
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_requantizer_thresholds_render_one_probe(isa):
+    """The layer cases with a requantizer's thresholds (i16q) render the guess with one probe, so
+    the layer tests above run it in every variant's output transform; the uneven ones (i16w) do not."""
+    cases = [p for p in DCONV_CASES + ICONV_ALL + list(BGEMM_CASES) if p.out in ("i16q", "i16w")]
+    for p in cases:
+        src = render(planned(layer_case(p)), MODEL, isa=isa).c
+        assert re.findall(r"probe \*/\n.*?, (\d)\};", src, re.S) == ["1" if p.out == "i16q" else "0"], p
 
 
 def test_oracle_plane_layout():
@@ -657,6 +710,7 @@ BGEMM_CASES = (
         ConvCase("pm1", "pm1", 128, 1, hw=(9, 8), k=(7, 7), s=(2, 2), pads=(0, 1, 2, 1), out="i2"),
         ConvCase("pm1", "pm1", 65, 65, hw=(4, 5), k=(1, 3), pads=(0, 1, 0, 1), out="pm1"),
         ConvCase("pm1", "pm1", 65, 67, hw=(4, 4), k=(3, 3), out="i16w"),
+        ConvCase("pm1", "pm1", 65, 70, hw=(4, 4), k=(3, 3), out="i16q"),
         # AVX2: rows longer than the split buffer (kv 50 > split_max_kv) stay on the packed tiles
         # all-ones XORs (channel 1's weights are all -1) over more than 31 vectors: the byte counts
         # must be widened in time, in the split tile (9 rows, kv 36) and in the packed row tile (1 row, kv 32)
@@ -772,6 +826,7 @@ ICONV_ALL = [
     ConvCase("i8", "w8", 3, 5, out="f32_mb"),
     ConvCase("i8", "w8", 64, 65, hw=(4, 4), out="i16"),
     ConvCase("i8", "w8", 64, 67, hw=(4, 4), out="i16w"),
+    ConvCase("i8", "w8", 64, 70, hw=(4, 4), out="i16q"),
     ConvCase("i8", "w8", 8, 12, hw=(4, 4), group=2, out="i16w"),
     ConvCase("i8", "w8", 65, 3, hw=(5, 4), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="pm1"),
     ConvCase("i8", "w8", 4, 6, hw=(5, 5), group=2, out="u2"),
@@ -816,6 +871,59 @@ def test_ikconv_layer(p, isa):
 @pytest.mark.parametrize("p", ICONV_CASES, ids=str)
 def test_iconv_layer(p, isa):
     check_on(isa, layer_case(p))
+
+
+# ------------------------------------------ int8 layer by dot products (dconv, AVX-512 VNNI)
+
+DCONV_CASES = [
+    ConvCase("i8", "i8", 64, 65, hw=(4, 4), out="i16w"),  # weights -128 too; 255 thresholds; 16 rows: tiles 6, 6, 4
+    ConvCase("u8", "w8", 64, 100, hw=(5, 5), out="f32_mb"),  # lo 0 (padding byte 0); 25 rows: a 1-row tile
+    ConvCase("i8", "w8", 3, 33, hw=(9, 8), k=(7, 7), s=(2, 2), pads=(3, 3, 3, 3), out="pm1"),  # K 147: not 4k
+    ConvCase("i8", "w8", 1, 17, hw=(6, 6), out="u2"),
+    ConvCase("i8", "i8", 65, 3, hw=(5, 4), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="i2"),
+    ConvCase("u4", "w8", 3, 4, hw=(7, 6), k=(5, 5), s=(2, 2), pads=(2, 0, 1, 2), out="u1", n=2),
+    ConvCase("o2", "w8", 20, 40, hw=(4, 6), k=(3, 5), pads=(1, 2, 1, 2), out="f32", feed="i16"),  # lo -3, step 2
+    ConvCase("i8", "w8", 100, 1, hw=(1, 1), out="f32_bias", n=2),
+    ConvCase("i8", "w8", 64, 67, hw=(4, 4), out="i16q"),  # a requantizer: the exact guess, 8 + 8 + 8 + 8 + 3 channels
+    ConvCase("i8", "w8", 1026, 64, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="i16s"),  # 1 row, odd K/4: two chains
+    ConvCase("i8", "w8", 512, 2, hw=(3, 3), out="f32_off", data="extreme"),  # |acc| up to 7.5e7 > 2^24
+    ConvCase("u8", "i8", 1200, 3, hw=(3, 3), out="i16", data="extreme"),  # K 10800: one tile a block of rows
+    ConvCase("i8", "w8", 32, 64, hw=(7, 7), k=(1, 1), s=(2, 2), pads=(0, 0, 0, 0), out="i16s"),
+    ConvCase("i8", "w8", 16, 96, hw=(3, 3), pads=(0, 0, 0, 0), out="f32_mul", n=3),
+    ConvCase("i8", "w8", 5, 6, hw=(2, 2), k=(1, 1), pads=(1, 1, 1, 1), out="f32_mb"),  # windows all padding
+    ConvCase("i8", "w8", 7, 9, hw=(2, 3), k=(5, 5), pads=(2, 2, 2, 2), out="u2"),  # padding on both sides of a row
+]
+
+
+def _dot(p: ConvCase) -> bool:
+    """Mirrors render's choice (``_fits_u8s8``) for the grids above: group 1, input levels that
+    are bytes once lo is taken off, int8 weights, rows within the stack buffer."""
+    xs, ws = GRIDS[p.x], GRIDS[p.w]
+    row = -(-p.k[0] * p.k[1] * p.ci // 64) * 64
+    return (p.group == 1 and xs.lo <= 0 and max(xs.hi, 0) - xs.lo <= 255 and -128 <= ws.lo and ws.hi <= 127
+            and row * 6 <= 64 << 10)
+
+
+@pytest.mark.parametrize("isa", host_param("dconv"))
+@pytest.mark.parametrize("p", DCONV_CASES, ids=str)
+def test_dconv_layer(p, isa):
+    assert _dot(p)
+    check_on(isa, layer_case(p))
+
+
+@pytest.mark.parametrize("p", [
+    ConvCase("u8", "i8", 1300, 3, hw=(3, 3), out="i16"),  # K 11700: 6 rows exceed the stack buffer
+    ConvCase("i8", "w8", 8, 12, hw=(4, 4), group=2, out="i16w"),
+    ConvCase("i2", "i9", 16, 8, hw=(3, 3), out="f32", feed="i16"),  # weights beyond int8
+    ConvCase("u9", "w8", 16, 8, hw=(3, 3), out="f32"),  # levels span more than a byte
+], ids=str)
+def test_dconv_leaves_other_int_layers_to_avx2(p):
+    """Layers the dot-product conv cannot take exactly are rendered with the AVX2 int16 convs
+    under avx512, and still agree with the oracle where this CPU runs avx512."""
+    assert not _dot(p)
+    ks = {k for k in _kernels_of(render(planned(layer_case(p)), MODEL, isa="avx512").c) if re.match(r"qcc_i\w*conv_", k)}
+    assert len(ks) == 1 and ks.pop().endswith("__avx2"), p
+    check_on("avx512", layer_case(p))
 
 
 # ----------------------------------------------------------------- float layer (fconv)
@@ -1532,7 +1640,7 @@ def test_transpose_output_nhwc():
 # ============================================================================ the variants
 
 SUITES = [(layer_case, BGEMM_CASES), (layer_case, PGEMM_CASES), (layer_case, ICONV_CASES), (layer_case, IKCONV_CASES),
-          (layer_case, FCONV_CASES), (layer_case, FKCONV_CASES),
+          (layer_case, DCONV_CASES), (layer_case, FCONV_CASES), (layer_case, FKCONV_CASES),
           (pool_case, POOL_CASES), (quant_case, QUANT_CASES), (unpack_case, UNPACK_CASES), (ew_case, EW_CASES),
           (ew2_case, EW2_CASES), (concat_case, CONCAT_CASES), (softmax_case, SOFTMAX_CASES),
           (transpose_case, TRANSPOSE_CASES), (layout_case, LAYOUT_CASES)]
@@ -1540,7 +1648,7 @@ SUITES = [(layer_case, BGEMM_CASES), (layer_case, PGEMM_CASES), (layer_case, ICO
 # What each suite must exercise: every case of a layer suite runs that suite's kernel family
 # (rendered for each of the family's ISAs; the layout suite for the quantizer's).
 SUITE_FAMILY = {id(BGEMM_CASES): "bgemm", id(PGEMM_CASES): "pgemm", id(ICONV_CASES): "iconv",
-                id(IKCONV_CASES): "ikconv", id(FCONV_CASES): "fconv", id(FKCONV_CASES): "fkconv",
+                id(IKCONV_CASES): "ikconv", id(DCONV_CASES): "dconv", id(FCONV_CASES): "fconv", id(FKCONV_CASES): "fkconv",
                 id(LAYOUT_CASES): "quantize"}
 
 
@@ -1562,7 +1670,7 @@ def test_every_declared_variant_is_exercised():
             ks = _kernels_of(render(g, MODEL, isa=isa).c)
             if family:
                 assert any(k.startswith(f"qcc_{family}_") for k in ks), f"{p}: runs {sorted(ks)}, not {family}"
-                assert not [k for k in ks if re.match(r"qcc_(bgemm|pgemm|iconv|ikconv|fconv|fkconv)_", k)
+                assert not [k for k in ks if re.match(r"qcc_(bgemm|pgemm|iconv|ikconv|dconv|fconv|fkconv)_", k)
                             and not k.startswith(f"qcc_{family}_")], f"{p}: runs another layer family: {sorted(ks)}"
             used |= ks
     declared = {k.name for k in KERNELS}
@@ -1731,7 +1839,7 @@ def neon_quant_formula_cases() -> list[Case]:
 NEON_SUITES = {
     "bgemm": [(layer_case, BGEMM_CASES)],
     "pgemm": [(layer_case, PGEMM_CASES)],
-    "iconv": [(layer_case, ICONV_CASES), (layer_case, IKCONV_CASES)],
+    "iconv": [(layer_case, ICONV_CASES), (layer_case, IKCONV_CASES), (layer_case, DCONV_CASES)],
     "fconv": [(layer_case, FCONV_CASES), (layer_case, FKCONV_CASES)],
     "quantize": [(quant_case, QUANT_CASES), (None, neon_quant_formula_cases), (layout_case, LAYOUT_CASES)],
     "other": [(pool_case, POOL_CASES), (unpack_case, UNPACK_CASES), (ew_case, EW_CASES), (ew2_case, EW2_CASES),

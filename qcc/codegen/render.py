@@ -326,11 +326,12 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         k, kq, co_pad = kh * kw * cig, -(-kh * kw * cig // 4), -(-co // dot.nr) * dot.nr
         wk = np.zeros((4 * kq, co_pad), np.int64)
         wk[:k, :co] = a.weight.reshape(co, -1).T
-        wt = u.array(f"{pre}_weight", "int8_t", wk.reshape(kq, 4, co_pad).transpose(0, 2, 1),
-                     f"weight levels k-major [{kq} quads of (ky, kx, ci)][{co_pad}][4]")
+        nb = dot.nr  # blocks of nr channels, each contiguous: a tile streams its weights in order
+        wt = u.array(f"{pre}_weight", "int8_t", wk.reshape(kq, 4, co_pad // nb, nb).transpose(2, 0, 3, 1),
+                     f"weight levels k-major [{co_pad // nb} blocks][{kq} quads of (ky, kx, ci)][{nb} channels][4]")
         acc0 = u.array(f"{pre}_acc0", "int32_t", a.x_spec.lo * wk.sum(axis=0),
                        "input lo x the sum of the weights, per output channel: where the accumulators start")
-        return [f"{u.use(dot)}({p(n.inputs[0], True)}, {wt}, {acc0}, &{geom}, {kq}, {co_pad}, {a.x_spec.lo}, {out}, {yp});"]
+        return [f"{u.use(dot)}({p(n.inputs[0], True)}, {wt}, {acc0}, &{geom}, {kq}, {a.x_spec.lo}, {out}, {yp});"]
     if x.dtype == "i16" and a.conv.group == 1 and cig < KMAJOR_MAX_C and -(-kh * kw * cig // 2) <= MAX_K2:
         k2 = -(-kh * kw * cig // 2)  # few input channels (first layers): run along output channels
         co_pad = -(-co // 8) * 8

@@ -22,7 +22,7 @@ from qcc.ir.kernels_ref import pack_bits, plane_words, words
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 SIMD_MAX_THRESHOLDS = 15  # up to 4-bit outputs, SIMD output transforms compare all thresholds (thr_by_level)
-GUESS_MIN_THRESHOLDS = SIMD_MAX_THRESHOLDS + 1  # from here on, the search starts from a guess (recip)
+GUESS_MIN_THRESHOLDS = SIMD_MAX_THRESHOLDS + 1  # from here on, the count starts from a guess (_threshold_guesses)
 SIMD_ISAS = ("avx2", "avx512", "neon")  # ISAs whose output transforms read the thresholds level-major (thr_by_level)
 CTYPES = {"f32": "float", "i16": "int16_t", "bits": "uint64_t"}
 ROUNDING = {"ROUND": "QCC_ROUND", "CEIL": "QCC_CEIL", "FLOOR": "QCC_FLOOR", "UP": "QCC_UP",
@@ -200,7 +200,8 @@ def _transform(u: Unit, pre: str, a) -> str:
             guess = ", ".join([
                 u.array(f"{pre}_guess_mul", "uint32_t", mul, "the threshold search's first guess, (d * mul + add) >> shift"),
                 u.array(f"{pre}_guess_add", "uint64_t", add), u.array(f"{pre}_guess_shift", "uint8_t", shift),
-                u.array(f"{pre}_ends", "int32_t", clipped[:, [0, -1]].T, "first and last thresholds [2][co]")])
+                u.array(f"{pre}_ends", "int32_t", clipped[:, [0, -1]].T, "first and last thresholds [2][co]")
+                if u.isa in SIMD_ISAS else "NULL"])  # the scalar count reads thr[co][0] and thr[co][n-1]
         u.structs.append(f"static const qcc_thresholds {pre}_out = {{ /* thr, sign, nthr, lo, step, planes, by level, "
                          f"guess mul, add, shift, ends, probe */\n    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, "
                          f"{t.spec.step}, {t.spec.bits}, {by_level}, {guess}, {probe:d}}};")

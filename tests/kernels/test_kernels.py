@@ -899,9 +899,10 @@ def _dot(p: ConvCase) -> bool:
     """Mirrors render's choice (``_fits_u8s8``) for the grids above: group 1, input levels that
     are bytes once lo is taken off, int8 weights, rows within the stack buffer."""
     xs, ws = GRIDS[p.x], GRIDS[p.w]
+    spec = next(k for k in KERNELS if k.family == "dconv")
     row = -(-p.k[0] * p.k[1] * p.ci // 64) * 64
     return (p.group == 1 and xs.lo <= 0 and max(xs.hi, 0) - xs.lo <= 255 and -128 <= ws.lo and ws.hi <= 127
-            and row * 6 <= 64 << 10)
+            and row * spec.mr <= spec.param("rows_bytes"))
 
 
 @pytest.mark.parametrize("isa", host_param("dconv"))

@@ -22,7 +22,10 @@ import qcc
 from qcc.codegen.render import RUNTIME_DIR, Sources
 from qcc.errors import QccError
 
-CFLAGS = ["-O2", "-std=c99", "-ffp-contract=off", "-fno-strict-aliasing"]
+# after Python's own compile flags, which include -fwrapv: the C never relies on signed overflow
+# (it is built for firmware without that flag), and with it GCC optimizes the kernels' index
+# arithmetic less (an int8 conv layer took 7 % longer)
+CFLAGS = ["-O2", "-std=c99", "-ffp-contract=off", "-fno-strict-aliasing", "-fno-wrapv"]
 
 
 AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq", "avx512_vnni"}  # /proc/cpuinfo's names

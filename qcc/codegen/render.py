@@ -147,10 +147,11 @@ def _quantize(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     nparam = max(s_.size, z_.size)  # one value each, or one per channel
     scale = u.array(f"{pre}_scale", "float", np.broadcast_to(s_, (nparam,)))
     zero = u.array(f"{pre}_zero", "float", np.broadcast_to(z_, (nparam,)))
-    if a.src == "NCHW":  # sign to bits, reading the graph input in its own layout (fuse_layouts)
+    if a.src == "NCHW":  # sign to bits or round to int16, reading the graph input in its own layout (fuse_layouts)
         nb, c, h, w = x.shape
         fn = u.kernel(("quantize", f"{mode}_{a.out}_nchw"))
-        return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {nb}, {h * w}, {c}, {scale}, {zero}, {nparam});"]
+        rnd = f", {cfloat(a.clamp[0])}, {cfloat(a.clamp[1])}, {ROUNDING[a.rounding]}, {a.spec.step}" if mode == "round" else ""
+        return [f"{fn}({p(n.inputs[0], True)}, {p(n.outputs[0])}, {nb}, {h * w}, {c}, {scale}, {zero}, {nparam}{rnd});"]
     fn = u.kernel(("quantize", f"{mode}_{a.out}"))
     nthr = 0
     thr = "NULL"
@@ -194,16 +195,19 @@ def _transform(u: Unit, pre: str, a) -> str:
         if u.isa in SIMD_ISAS and t.thr.shape[1] <= SIMD_MAX_THRESHOLDS:  # compared for 4 channels at once
             by_level = u.array(f"{pre}_thr_by_level", "int32_t", clipped.T,
                                "the thresholds level-major, for the SIMD output transform")
-        guess, probe = "NULL, NULL, NULL, NULL", False
+        guess, probe = "NULL, NULL, NULL, NULL, NULL", False
         if t.thr.shape[1] >= GUESS_MIN_THRESHOLDS:
             mul, add, shift, probe = _threshold_guesses(clipped)
             guess = ", ".join([
                 u.array(f"{pre}_guess_mul", "uint32_t", mul, "the threshold search's first guess, (d * mul + add) >> shift"),
                 u.array(f"{pre}_guess_add", "uint64_t", add), u.array(f"{pre}_guess_shift", "uint8_t", shift),
                 u.array(f"{pre}_ends", "int32_t", clipped[:, [0, -1]].T, "first and last thresholds [2][co]")
-                if u.isa in SIMD_ISAS else "NULL"])  # the scalar count reads thr[co][0] and thr[co][n-1]
+                if u.isa in SIMD_ISAS else "NULL",  # the scalar count reads thr[co][0] and thr[co][n-1]
+                u.array(f"{pre}_probe_window", "uint64_t", _probe_windows(clipped, mul, add, shift),
+                        "the guess's fractions that need the probe, [lo, hi) [2][co]")
+                if probe and u.isa == "avx512" else "NULL"])  # read by the AVX-512 output transform
         u.structs.append(f"static const qcc_thresholds {pre}_out = {{ /* thr, sign, nthr, lo, step, planes, by level, "
-                         f"guess mul, add, shift, ends, probe */\n    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, "
+                         f"guess mul, add, shift, ends, probe window, probe */\n    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, "
                          f"{t.spec.step}, {t.spec.bits}, {by_level}, {guess}, {probe:d}}};")
     return f"&{pre}_out"
 
@@ -257,6 +261,40 @@ def _threshold_guesses(thr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
         return mul, add, shift, True
     mean = np.minimum(((n - 1) << 32) // np.maximum(span, 1), (1 << 32) - 1)
     return mean, np.full(co, 1 << 32), np.full(co, 32), False
+
+
+def _probe_windows(thr: np.ndarray, mul: np.ndarray, add: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Where the probe of a proved guess (_threshold_guesses) is needed at all: per channel, the
+    window [lo, hi) of the guess's fraction f = x - (k << shift), x = d * mul + add, k = x >> shift,
+    outside which the count is known without reading thr[k]: k where f < lo, k + 1 where f >= hi
+    (for thr[0] <= s < thr[n-1], d = s - thr[0]). Returns (2, co) uint64: lo, then hi.
+
+    Derivation. The count is k + (d >= D_k) (D_k = thr[k] - thr[0]), as k is the count or one
+    less. The d with guess k form the bucket [a_k, b_k] (x in [k 2^shift, (k+1) 2^shift), d in
+    [0, D_{n-1} - 1]); along it f increases with d. So every d < D_k of any bucket has
+    f <= f(min(b_k, D_k - 1)), and every d >= D_k has f >= f(max(a_k, D_k)): hi is one more than
+    the largest of the former over all buckets, lo the least of the latter. For evenly spaced
+    thresholds the two differ by about the thresholds' rounding (a few units of d, of a spacing
+    of hundreds), so most vectors of outputs need no probe."""
+    thr = thr.astype(np.int64)
+    d = thr - thr[:, :1]
+    span = d[:, -1:]
+    m, a = mul.astype(np.int64)[:, None], add.astype(np.int64)[:, None]
+    one = np.left_shift(np.int64(1), shift.astype(np.int64))[:, None]
+    k = np.arange(thr.shape[1], dtype=np.int64)[None, :]
+    live = m > 0  # else (one distinct threshold) no s is inside, and the window is empty
+    mm = np.where(live, m, 1)
+
+    def first_d(x0):  # the least d >= 0 with d * mul + add >= x0
+        return np.maximum(-((a - x0) // mm), 0)
+
+    lo_d, hi_d = first_d(k * one), np.minimum(first_d((k + 1) * one) - 1, span - 1)
+    frac = lambda dd: dd * m + a - k * one  # noqa: E731
+    below, above = np.minimum(hi_d, d - 1), np.maximum(lo_d, d)
+    big = np.iinfo(np.int64).max
+    hi = np.where(live & (lo_d <= below), frac(below) + 1, 0).max(axis=1)
+    lo = np.where(live & (above <= hi_d), frac(above), big).min(axis=1)
+    return np.stack([np.minimum(lo, one[:, 0]), hi]).astype(np.uint64)
 
 
 def _weight_rows(codes: np.ndarray, planes: int, ps: int) -> np.ndarray:

@@ -33,6 +33,8 @@ typedef struct {         /* levels: q = lo + step * #{j : sign[co] * acc >= thr[
     const uint64_t *guess_add;
     const uint8_t *guess_shift;
     const int32_t *ends;          /* [2][co]: each channel's first and last threshold, for SIMD variants */
+    const uint64_t *probe_window; /* [2][co]: [lo, hi) of the guess's fraction x - (k << shift) that
+                                   * needs the probe (below: k, above: k + 1), for AVX-512 (or NULL) */
     int32_t probe;
 } qcc_thresholds;
 
@@ -211,6 +213,16 @@ static inline float qcc_round_mode(float v, int mode) {
     case QCC_HALF_DOWN: return qcc_signf(v) * qcc_ceilf(qcc_absf(v) - 0.5f);
     default: return qcc_round_half_even(v);
     }
+}
+
+/* A QONNX Quant's level of one value: (round_mode(clamp(v / scale + zero, lo, hi)) - zero) * qstep
+ * (qstep 2: a half-integer zero), in this order of float operations. */
+static inline float qcc_quant_round(float v, float scale, float zero, float lo, float hi, int mode, int32_t qstep) {
+    float t = v / scale;
+    t = t + zero;
+    if (t > hi) t = hi;
+    if (t < lo) t = lo;
+    return (qcc_round_mode(t, mode) - zero) * (float)qstep;
 }
 
 /* exp(x) for softmax, without libm: x = k*ln2 + r, |r| <= ln2/2, degree-7 Taylor of e^r,

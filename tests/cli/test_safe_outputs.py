@@ -11,7 +11,7 @@ from qcc.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "examples" / "models" / "digits_w1a1.onnx"
-SMALL = ROOT / "tests" / "data" / "bad" / "arena_limit.onnx"  # a valid model (refused only under --max-arena 1K)
+SMALL = ROOT / "tests" / "data" / "bad" / "arena_limit.onnx"  # a valid model (refused only under --max-arena 700)
 
 
 def run(args, capsys):

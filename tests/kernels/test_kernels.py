@@ -567,6 +567,36 @@ def test_threshold_guesses_need_one_probe_where_claimed():
     assert render_mod._threshold_guesses(np.vstack([flat, thr[:1]]))[3]
 
 
+def test_probe_windows_decide_the_count_outside():
+    """render's probe window [lo, hi) per channel, against the count for every s inside the
+    thresholds (thr[0] <= s < thr[n-1]; spans up to 2^20, so every s is tried): where the guess's
+    fraction f is below lo the count is k, from hi on it is k + 1. The window is narrow where the
+    thresholds are evenly spaced up to a rounding: a few percent of the outputs need the probe."""
+    rng = np.random.default_rng(11)
+    for spacing in (1.0, 1.37, 3.7, 17.3, 251.9, 4111.7):
+        t0 = rng.uniform(-1e6, 1e6, 5)
+        thr = np.ceil(t0[:, None] + np.arange(255) * (spacing * rng.uniform(1, 1.5, 5))[:, None]).astype(np.int64)
+        thr[1, 100] -= 1  # float32 rounding
+        thr[2, 7] += 1
+        thr[3, 0] = thr[3, 1] - 1  # a first step of one
+        mul, add, shift, probe = render_mod._threshold_guesses(thr)
+        assert probe, spacing
+        window = render_mod._probe_windows(thr, mul, add, shift)
+        for c, t in enumerate(thr):
+            s = np.arange(t[0], t[-1], dtype=np.int64)
+            x = (s - t[0]).astype(object) * int(mul[c]) + int(add[c])
+            k = np.array([v >> int(shift[c]) for v in x], np.int64)
+            f = np.array([v - (int(kk) << int(shift[c])) for v, kk in zip(x, k)], dtype=object)
+            want = (s[:, None] >= t).sum(axis=1)
+            lo, hi = int(window[0, c]), int(window[1, c])
+            stay, up = f < lo, f >= hi
+            assert not (stay & up).any()
+            np.testing.assert_array_equal(want[stay], k[stay], err_msg=f"{spacing} {c}")
+            np.testing.assert_array_equal(want[up], k[up] + 1, err_msg=f"{spacing} {c}")
+            if spacing > 100:  # evenly spaced: the probe is rare
+                assert (~stay & ~up).mean() < 0.05, (spacing, c, (~stay & ~up).mean())
+
+
 @pytest.mark.parametrize("isa", ["scalar", "avx2"])
 def test_requantizer_thresholds_render_one_probe(isa):
     """The layer cases with a requantizer's thresholds (i16q) render the guess with one probe, so
@@ -1324,16 +1354,20 @@ def test_unpack(p):
 
 @dataclass(frozen=True)
 class LayoutCase:
-    """A sign quantizer reading NCHW (``pm1``), or a round quantizer to planes (a GRIDS name) after
-    a transpose; then an unpack writing NCHW (qcc.passes.fuse_layouts' two rewrites)."""
+    """A sign quantizer reading NCHW (``pm1``), or a round quantizer (a GRIDS name) to planes after
+    a transpose, or to int16 levels reading NCHW (``i16``); then an unpack writing NCHW
+    (qcc.passes.fuse_layouts' two rewrites)."""
     spec: str
     c: int
     hw: tuple[int, int] = (3, 5)
     n: int = 1
     scaled: bool = False
+    store: str = "bits"
+    rounding: str = "ROUND"  # of an i16 quantizer: ROUND or FLOOR
 
     def __str__(self) -> str:
-        return f"{self.spec}-c{self.c}-{self.hw[0]}x{self.hw[1]}-n{self.n}" + ("-scaled" if self.scaled else "")
+        return (f"{self.spec}-c{self.c}-{self.hw[0]}x{self.hw[1]}-n{self.n}" + ("-scaled" if self.scaled else "")
+                + ("" if self.store == "bits" else f"-{self.store}") + ("" if self.rounding == "ROUND" else f"-{self.rounding}"))
 
 
 LAYOUT_CASES = [
@@ -1341,6 +1375,10 @@ LAYOUT_CASES = [
     LayoutCase("pm1", 65, (3, 5), n=2), LayoutCase("pm1", 130, (4, 6), scaled=True),
     LayoutCase("pm1", 16, (9, 9), n=2, scaled=True), LayoutCase("pm1", 3, (1, 9)),
     LayoutCase("u2", 24, (4, 4)), LayoutCase("i2", 65, (3, 8), n=2), LayoutCase("o2", 8, (5, 5)),
+    # int16 levels: 8 x 8 blocks and both tails, batch, one scale or one per channel
+    LayoutCase("u8", 64, (8, 8), store="i16"), LayoutCase("i8", 67, (5, 11), n=2, store="i16"),
+    LayoutCase("i8", 3, (9, 9), store="i16"), LayoutCase("u4", 16, (1, 7), store="i16"),
+    LayoutCase("i2", 24, (4, 6), n=3, store="i16"), LayoutCase("i8", 17, (8, 9), store="i16", rounding="FLOOR"),
 ]
 
 
@@ -1356,6 +1394,14 @@ def layout_case(p: LayoutCase) -> Case:
         chain = Chain(x.shape).op("quantize", QuantizeAttrs("sign", spec, out="bits", src="NCHW", **kw), (n, h, w, c),
                                   "bits", "NHWC", spec)
         q = np.where(x >= 0, 1, -1).transpose(TO_NHWC)  # -0.0 is +1; a positive scale keeps the sign
+    elif p.store == "i16":
+        spec = GRIDS[p.spec]
+        x, q, qa = grid_input(spec, (n, c, h, w), rng)
+        qa = dataclasses.replace(qa, out="i16", src="NCHW", rounding=p.rounding)
+        chain = Chain(x.shape).op("quantize", qa, (n, h, w, c), "i16", "NHWC", spec)
+        if p.rounding == "FLOOR":  # x / scale = t + f exactly (scale a power of two): clamp, then floor
+            t = x.astype(np.float64) / qa.scale[:, None, None]
+            q = np.clip(np.floor(t), spec.lo, spec.hi).astype(np.int64).transpose(TO_NHWC)
     else:
         spec = GRIDS[p.spec]
         x, q, qa = grid_input(spec, (n, c, h, w), rng)

@@ -185,7 +185,7 @@ def cases():
     add("huge_pads.onnx", _with_node(base_model(), 2, pads=[2 ** 20] * 4).SerializeToString(), "output 'c' of shape [1, 4, 2097156, 2097156]",
         what="conv pads of 2**20: a 16 TiB output")
     add("arena_limit.onnx", good, "the arena needs",
-        what="a valid model whose 1280-byte arena exceeds --max-arena 1K", args=["--max-arena", "1K"])
+        what="a valid model whose 832-byte arena exceeds --max-arena 700", args=["--max-arena", "700"])
 
     m = base_model()
     m.graph.node[3].op_type = "Tanh"

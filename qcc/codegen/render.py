@@ -21,6 +21,7 @@ from qcc.ir.graph import Graph, Node
 from qcc.ir.kernels_ref import pack_bits, plane_words, words
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+F32 = np.float32
 SIMD_MAX_THRESHOLDS = 15  # up to 4-bit outputs, SIMD output transforms compare all thresholds (thr_by_level)
 GUESS_MIN_THRESHOLDS = SIMD_MAX_THRESHOLDS + 1  # from here on, the count starts from a guess (_threshold_guesses)
 SIMD_ISAS = ("avx2", "avx512", "neon")  # ISAs whose output transforms read the thresholds level-major (thr_by_level)
@@ -195,106 +196,122 @@ def _transform(u: Unit, pre: str, a) -> str:
         if u.isa in SIMD_ISAS and t.thr.shape[1] <= SIMD_MAX_THRESHOLDS:  # compared for 4 channels at once
             by_level = u.array(f"{pre}_thr_by_level", "int32_t", clipped.T,
                                "the thresholds level-major, for the SIMD output transform")
-        guess, probe = "NULL, NULL, NULL, NULL, NULL", False
+        guess, probe = "NULL, NULL, NULL, NULL", False
         if t.thr.shape[1] >= GUESS_MIN_THRESHOLDS:
-            mul, add, shift, probe = _threshold_guesses(clipped)
+            off, f, probe = _threshold_guesses(clipped)
             guess = ", ".join([
-                u.array(f"{pre}_guess_mul", "uint32_t", mul, "the threshold search's first guess, (d * mul + add) >> shift"),
-                u.array(f"{pre}_guess_add", "uint64_t", add), u.array(f"{pre}_guess_shift", "uint8_t", shift),
+                u.array(f"{pre}_guess_off", "int32_t", off, "the threshold count's first guess, (float)(d + off) * f"),
+                u.array(f"{pre}_guess_f", "float", f),
                 u.array(f"{pre}_ends", "int32_t", clipped[:, [0, -1]].T, "first and last thresholds [2][co]")
                 if u.isa in SIMD_ISAS else "NULL",  # the scalar count reads thr[co][0] and thr[co][n-1]
-                u.array(f"{pre}_probe_window", "uint64_t", _probe_windows(clipped, mul, add, shift),
+                u.array(f"{pre}_probe_window", "float", _probe_windows(clipped, off, f),
                         "the guess's fractions that need the probe, [lo, hi) [2][co]")
                 if probe and u.isa == "avx512" else "NULL"])  # read by the AVX-512 output transform
         u.structs.append(f"static const qcc_thresholds {pre}_out = {{ /* thr, sign, nthr, lo, step, planes, by level, "
-                         f"guess mul, add, shift, ends, probe window, probe */\n    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, "
+                         f"guess off, f, ends, probe window, probe */\n    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, "
                          f"{t.spec.step}, {t.spec.bits}, {by_level}, {guess}, {probe:d}}};")
     return f"&{pre}_out"
 
 
-def _threshold_guesses(thr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    """The first guess of the threshold search for many thresholds (qcc_threshold_count), per
-    channel: for thr[0] <= s < thr[n-1], count(s) = #{j : s >= thr[j]} is guessed as
-    ``k = ((s - thr[0]) * mul + add) >> shift`` (unsigned 64-bit); and whether, in every channel,
-    k is the count or one less, so that ``k + (s >= thr[k])`` is the count with no search (probe).
-
-    Derivation. Write d = s - thr[0], D_j = thr[j] - thr[0]. count is j + 1 on each segment
-    D_j <= d <= D_{j+1} - 1 (j = 0 .. n-2; empty where thresholds repeat), and k is
-    nondecreasing in d, so j <= k <= j + 1 holds on every segment iff it holds at its ends:
-        D_j * mul + add >= j 2^shift   and   (D_{j+1} - 1) * mul + add <= (j + 2) 2^shift - 1.
-    (The slack of one level is what folded float32 quantizers need: their thresholds are evenly
-    spaced only up to a rounding here and there, and an exact line through them rarely exists.)
-    For a given mul these bound add to [A_lo(mul), A_hi(mul)], and A_hi - A_lo is a concave
-    function of mul (a minimum of lines minus a maximum of lines): a ternary search over integers
-    finds the mul that maximizes it; the channel can probe when that maximum is >= 0 (then
-    add = A_lo, in [0, 2^(shift+1)) by the j = 0 and j = 1 bounds). shift puts mul near 2^31 (the
-    most bits of spacing in mul's 32), and every product stays below 2^63. Otherwise the layer is
-    searched, from the guess of the mean spacing: mul = 2^32 (n - 1) / D_{n-1}, add = 2^32, shift 32
-    (k >= 1, which the search needs)."""
-    co, n = thr.shape
-    thr = thr.astype(np.int64)
-    d = thr - thr[:, :1]
-    span = d[:, -1]
-    den = np.maximum(span - 1, 1)
-    shift = np.clip(32 + np.floor(np.log2(den / n)).astype(np.int64), 0, 61 - int(np.ceil(np.log2(2 * n))))
-    one = np.left_shift(np.int64(1), shift)[:, None]
-    j = np.arange(n, dtype=np.int64)
-
-    def bounds(mul: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        m = mul[:, None]
-        a_lo = (j[:-1] * one - d[:, :-1] * m).max(axis=1)
-        a_hi = ((j[1:] + 1) * one - 1 - (d[:, 1:] - 1) * m).min(axis=1)
-        return a_lo, a_hi - a_lo
-
-    lo = np.zeros(co, np.int64)
-    hi = np.minimum((1 << 32) - 1, (n * one[:, 0]) // den)
-    while (hi - lo > 2).any():
-        m1, m2 = lo + (hi - lo) // 3, hi - (hi - lo) // 3
-        up = bounds(m1)[1] < bounds(m2)[1]
-        lo, hi = np.where(up, m1 + 1, lo), np.where(up, hi, m2)
-    mul, (add, width) = lo, bounds(lo)
-    for m in (np.minimum(lo + 1, hi), hi):
-        am, wm = bounds(m)
-        better = wm > width
-        mul, add, width = np.where(better, m, mul), np.where(better, am, add), np.where(better, wm, width)
-    if ((width >= 0) | (span == 0)).all():  # a channel with one distinct threshold never guesses
-        return mul, add, shift, True
-    mean = np.minimum(((n - 1) << 32) // np.maximum(span, 1), (1 << 32) - 1)
-    return mean, np.full(co, 1 << 32), np.full(co, 32), False
-
-
-def _probe_windows(thr: np.ndarray, mul: np.ndarray, add: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Where the probe of a proved guess (_threshold_guesses) is needed at all: per channel, the
-    window [lo, hi) of the guess's fraction f = x - (k << shift), x = d * mul + add, k = x >> shift,
-    outside which the count is known without reading thr[k]: k where f < lo, k + 1 where f >= hi
-    (for thr[0] <= s < thr[n-1], d = s - thr[0]). Returns (2, co) uint64: lo, then hi.
-
-    Derivation. The count is k + (d >= D_k) (D_k = thr[k] - thr[0]), as k is the count or one
-    less. The d with guess k form the bucket [a_k, b_k] (x in [k 2^shift, (k+1) 2^shift), d in
-    [0, D_{n-1} - 1]); along it f increases with d. So every d < D_k of any bucket has
-    f <= f(min(b_k, D_k - 1)), and every d >= D_k has f >= f(max(a_k, D_k)): hi is one more than
-    the largest of the former over all buckets, lo the least of the latter. For evenly spaced
-    thresholds the two differ by about the thresholds' rounding (a few units of d, of a spacing
-    of hundreds), so most vectors of outputs need no probe."""
-    thr = thr.astype(np.int64)
+def _threshold_counts(thr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per channel, every d = s - thr[0] inside the thresholds (0 <= d < D_{n-1}, D_j = thr[j] -
+    thr[0]) at which the count #{j : d >= D_j} changes or is about to: D_j and D_j - 1. Returns
+    (d, count there, whether inside), each (co, 2n)."""
     d = thr - thr[:, :1]
     span = d[:, -1:]
-    m, a = mul.astype(np.int64)[:, None], add.astype(np.int64)[:, None]
-    one = np.left_shift(np.int64(1), shift.astype(np.int64))[:, None]
-    k = np.arange(thr.shape[1], dtype=np.int64)[None, :]
-    live = m > 0  # else (one distinct threshold) no s is inside, and the window is empty
-    mm = np.where(live, m, 1)
+    at = np.stack([np.searchsorted(row, row, side="right") for row in d])      # count(D_j)
+    before = np.stack([np.searchsorted(row, row, side="left") for row in d])   # count(D_j - 1)
+    return (np.concatenate([d, d - 1], axis=1), np.concatenate([at, before], axis=1),
+            np.concatenate([d < span, d >= 1], axis=1))
 
-    def first_d(x0):  # the least d >= 0 with d * mul + add >= x0
-        return np.maximum(-((a - x0) // mm), 0)
 
-    lo_d, hi_d = first_d(k * one), np.minimum(first_d((k + 1) * one) - 1, span - 1)
-    frac = lambda dd: dd * m + a - k * one  # noqa: E731
-    below, above = np.minimum(hi_d, d - 1), np.maximum(lo_d, d)
-    big = np.iinfo(np.int64).max
-    hi = np.where(live & (lo_d <= below), frac(below) + 1, 0).max(axis=1)
-    lo = np.where(live & (above <= hi_d), frac(above), big).min(axis=1)
-    return np.stack([np.minimum(lo, one[:, 0]), hi]).astype(np.uint64)
+def threshold_guess(d: np.ndarray, off: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The guess of the count as every variant computes it, (x, k): x = (float)(d + off) * f in
+    float32, k = (int32_t)x (d + off >= 0: the truncation is a floor)."""
+    x = (d + off).astype(F32) * f.astype(F32)
+    return x, x.astype(np.int64)
+
+
+def _threshold_guesses(thr: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The first guess of the threshold count for many thresholds (qcc_threshold_count), per
+    channel: for thr[0] <= s < thr[n-1], count(s) = #{j : s >= thr[j]} is guessed as
+    ``k = (int32_t)((float)(d + off) * f)``, d = s - thr[0], in float32; and whether, in every
+    channel, k is the count or one less, so that ``k + (s >= thr[k])`` is the count with no
+    search (probe). Returns (off int32, f float32, probe).
+
+    Derivation. k is nondecreasing in d (a rounding is monotone, and so are the product by f > 0
+    and the truncation), and so is the count, a step function; so count - 1 <= k <= count holds
+    everywhere iff it holds at the ends of every step, d = D_j and D_j - 1 (_threshold_counts).
+    In exact arithmetic, with u = 1/f, that is (count - 1) u <= d + off < (count + 1) u at each:
+    off in [L(u), H(u)), and H - L is concave in u (a minimum of lines minus a maximum of lines).
+    A ternary search finds the u that maximizes it, off is the integer midway and f = 1/u in
+    float32; then the float32 guess itself is checked at every end (exactly, as the C computes
+    it), with f and off nudged by an ulp or one where the rounding needs it. The slack of one level
+    is what folded float32 quantizers need: their thresholds are evenly spaced only up to a
+    rounding here and there. The offset is an integer so that the guess is one rounded product
+    (no add for a compiler to fuse). A layer with a channel that does not fit (uneven thresholds,
+    or steps finer than about 1.3 accumulator units) is searched, from the mean spacing's guess:
+    off 0, f = (n - 1) / D_{n-1}, k kept in [1, n - 1]."""
+    co, n = thr.shape
+    thr = thr.astype(np.int64)
+    p, c, ok = _threshold_counts(thr)
+    span = (thr[:, -1] - thr[:, 0]).astype(np.float64)
+    pf, cf = p.astype(np.float64), c.astype(np.float64)
+
+    def bounds(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.where(ok, (cf - 1) * u[:, None] - pf, -np.inf).max(axis=1),
+                np.where(ok, (cf + 1) * u[:, None] - pf, np.inf).min(axis=1))
+
+    mean = np.maximum(span, 1) / (n - 1)
+    a, b = mean / 2, mean * 2
+    for _ in range(80):  # the bracket shrinks to (2/3)^80 of its width
+        m1, m2 = a + (b - a) / 3, b - (b - a) / 3
+        up = np.subtract(*bounds(m1)[::-1]) < np.subtract(*bounds(m2)[::-1])
+        a, b = np.where(up, m1, a), np.where(up, b, m2)
+    u = (a + b) / 2
+    lo, hi = (np.where(span > 0, v, 0) for v in bounds(u))  # infinite where no d is inside
+    off0, f0 = np.floor((lo + hi) / 2), (1 / u).astype(F32)
+    off, f, good = off0.copy(), f0.copy(), span == 0  # one distinct threshold: no s is inside
+    for do in (0, 1, -1):
+        for ulps in (0, 1, -1, 2, -2):
+            fc = f0
+            for _ in range(abs(ulps)):
+                fc = np.nextafter(fc, F32(np.inf) if ulps > 0 else F32(0))
+            oc = off0 + do
+            valid = (oc >= 0) & (oc + span < 2 ** 31)  # d + off is an int32
+            k = threshold_guess(np.where(ok, p, 0), np.where(valid, oc, 0).astype(np.int64)[:, None], fc[:, None])[1]
+            fits = valid & np.where(ok, (k >= c - 1) & (k <= c), True).all(axis=1) & ~good
+            off, f, good = np.where(fits, oc, off), np.where(fits, fc, f), good | fits
+    if good.all():
+        return np.where(span == 0, 0, off).astype(np.int32), np.where(span == 0, F32(0), f).astype(F32), True
+    return np.zeros(co, np.int32), ((n - 1) / np.maximum(span, 1)).astype(F32), False
+
+
+def _probe_windows(thr: np.ndarray, off: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Where the probe of a proved guess (_threshold_guesses) is needed at all: per channel, the
+    window [lo, hi) of the guess's fraction x - k (exact in float32) outside which the count is
+    known without reading thr[k]: k where x - k < lo, k + 1 where x - k >= hi. Returns (2, co)
+    float32: lo, then hi.
+
+    Derivation. Where the guess is k, the count is k + (d >= D_k) (it is k or k + 1), and x - k
+    is nondecreasing in d. The d < D_k with guess k end at D_k - 1, if its guess is k (a guess
+    there is at most k): hi is just above the largest such fraction over all k. The d >= D_k with
+    guess k start at D_k, if its guess is k (at least k): lo is the least such fraction. For
+    evenly spaced thresholds the two differ by about their rounding (a few units of d, of a
+    spacing of hundreds), so most vectors of outputs need no probe; an exact line leaves none."""
+    thr = thr.astype(np.int64)
+    d = thr - thr[:, :1]
+    j = np.arange(thr.shape[1])[None, :]
+
+    def fraction(dd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x, k = threshold_guess(np.maximum(dd, 0), off.astype(np.int64)[:, None], f[:, None])
+        return x - k.astype(F32), k
+
+    (fb, kb), (fa, ka) = fraction(d - 1), fraction(d)
+    below, above = (d >= 1) & (kb == j), (d < d[:, -1:]) & (ka == j)
+    hi = np.where(below.any(axis=1), np.nextafter(np.where(below, fb, F32(-1)).max(axis=1), F32(2)), F32(0))
+    lo = np.minimum(np.where(above, fa, F32(2)).min(axis=1), F32(1))
+    return np.stack([lo, hi]).astype(F32)
 
 
 def _weight_rows(codes: np.ndarray, planes: int, ps: int) -> np.ndarray:

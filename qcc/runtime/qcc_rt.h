@@ -25,16 +25,15 @@ typedef struct {         /* levels: q = lo + step * #{j : sign[co] * acc >= thr[
     const int8_t *sign;  /* [co], +1 or -1 */
     int32_t nthr, lo, step, planes;
     const int32_t *thr_by_level;  /* the same, [nthr][co], for SIMD variants (or NULL) */
-    /* Many thresholds: for thr[co][0] <= s < thr[co][nthr-1], the search's first guess of the count
-     * is k = (d * guess_mul[co] + guess_add[co]) >> guess_shift[co], d = s - thr[co][0] (or NULL:
-     * a binary search); probe: k is the count or one less, in every channel (render.py proved it),
+    /* Many thresholds: for thr[co][0] <= s < thr[co][nthr-1], the first guess of the count is
+     * k = (int32_t)x, x = (float)(d + guess_off[co]) * guess_f[co], d = s - thr[co][0] (or NULL: a
+     * binary search); probe: k is the count or one less, in every channel (render.py proved it),
      * so the count is k + (s >= thr[co][k]). */
-    const uint32_t *guess_mul;
-    const uint64_t *guess_add;
-    const uint8_t *guess_shift;
-    const int32_t *ends;          /* [2][co]: each channel's first and last threshold, for SIMD variants */
-    const uint64_t *probe_window; /* [2][co]: [lo, hi) of the guess's fraction x - (k << shift) that
-                                   * needs the probe (below: k, above: k + 1), for AVX-512 (or NULL) */
+    const int32_t *guess_off;
+    const float *guess_f;
+    const int32_t *ends;        /* [2][co]: each channel's first and last threshold, for SIMD variants */
+    const float *probe_window;  /* [2][co]: [lo, hi) of the fraction x - k that needs the probe (below
+                                 * it the count is k, from hi on k + 1), for AVX-512 (or NULL) */
     int32_t probe;
 } qcc_thresholds;
 
@@ -45,20 +44,21 @@ typedef struct {         /* values: (float)(acc + off[co]) * mul[co] + bias[co];
 
 /* #{j : sign * acc >= thr[co][j]}, thresholds ascending. Few thresholds: a binary search. Many
  * (8-bit outputs: 255): they are nearly evenly spaced (a uniform quantizer after an affine
- * fold), so the count is guessed by a multiply and a shift, k ~ 1 + (s - thr[0]) / spacing. Where
+ * fold), so the count is guessed by one float product, k ~ (s - thr[0]) / spacing. Where
  * render.py proved the guess the count or one less for every s (thresholds evenly spaced up to
  * a rounding), one probe ends it; else it is stepped to the exact answer: the steps stop at
  * thr[k-1] <= s < thr[k], which only the true count satisfies, whatever the guess. */
 static inline int32_t qcc_threshold_count(const qcc_thresholds *t, int32_t co, int32_t acc) {
     const int32_t s = t->sign[co] * acc, *thr = t->thr + (size_t)co * t->nthr;
-    if (t->guess_mul) {
+    if (t->guess_f) {
         const int32_t n = t->nthr;
         if (s < thr[0]) return 0;
         if (s >= thr[n - 1]) return n;
-        /* now the count is in [1, n - 1], and 0 <= s - thr[0] < 2^32 */
+        /* now the count is in [1, n - 1], and 0 <= s - thr[0] < 2^32 (with off, < 2^31 where probed) */
         const uint32_t d = (uint32_t)s - (uint32_t)thr[0];
-        int32_t k = (int32_t)(((uint64_t)d * t->guess_mul[co] + t->guess_add[co]) >> t->guess_shift[co]);
+        int32_t k = (int32_t)((float)(d + (uint32_t)t->guess_off[co]) * t->guess_f[co]);
         if (t->probe) return k + (s >= thr[k]);
+        if (k < 1) k = 1;
         if (k > n - 1) k = n - 1;
         while (s >= thr[k]) k++;      /* stops by k = n - 1: s < thr[n-1] */
         while (s < thr[k - 1]) k--;   /* stops by k = 1: s >= thr[0] */

@@ -18,7 +18,7 @@ MAX_TAPS = 256  # kh * kw of the bit-plane kernels (their padding bookkeeping is
 MAX_K2 = 1024  # pairs of window levels of the k-major int16 conv (its row is on the stack)
 KMAJOR_MAX_C = 16  # input channels below which the int16 conv runs along output channels
 MAX_K = 4096  # window values of the k-major float conv (its row is on the stack)
-DCONV_ROWS = 64 << 10  # bytes of window rows the dot-product conv gathers on the stack (at least mr rows)
+DCONV_BAND = 64 << 10  # bytes of input rows the dot-product conv reads as a band on the stack (at least kh rows)
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ KERNELS: tuple[KernelSpec, ...] = (
     *(_k("pgemm", f"planes_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS, chunk=CHUNK, wblock=8,
          plane_pairs=PLANE_PAIRS) for out in OUTS),
     # x86-64 with AVX-512 VNNI: integer convs whose levels fit u8 x s8 (render.py) by vpdpbusd
-    *(_k("dconv", f"u8s8_{out}", "avx512", mr=6, nr=32, out=out, rows_bytes=DCONV_ROWS) for out in OUTS),
+    *(_k("dconv", f"u8s8_{out}", "avx512", mr=6, nr=32, out=out, band_bytes=DCONV_BAND) for out in OUTS),
     *(_k("iconv", f"i16_{out}", out=out) for out in OUTS),
     *(_k("iconv", f"i16_{out}", "avx2", nr=4, out=out) for out in OUTS),
     *(_k("ikconv", f"i16_{out}", out=out, max_k2=MAX_K2) for out in OUTS),

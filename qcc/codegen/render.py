@@ -377,15 +377,17 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         xs, ws = a.x_spec, a.w_spec
         return [im2col_call, f"{gemm}({col}, {wt}, {cws}, {cwt}, {xs.lo}, {xs.step}, {ws.lo}, {ws.step}, {wplanes}, "
                              f"&{geom}, {ps}, {out}, {yp});"]
-    dot = next((s for s in variants("dconv", f"u8s8_{a.out}", u.isa) if x.dtype == "i16" and _fits_u8s8(a, s)), None)
+    dot = next((s for s in variants("dconv", f"u8s8_{a.out}", u.isa)
+                if x.dtype == "i16" and _fits_u8s8(a, s, x.shape, y.shape)), None)
     if dot:
-        k, kq, co_pad = kh * kw * cig, -(-kh * kw * cig // 4), -(-co // dot.nr) * dot.nr
-        wk = np.zeros((4 * kq, co_pad), np.int64)
-        wk[:k, :co] = a.weight.reshape(co, -1).T
+        c4, co_pad = -(-cig // 4) * 4, -(-co // dot.nr) * dot.nr  # each tap's channels padded to 4 bytes
+        kq = kh * kw * c4 // 4
+        wk = np.zeros((kh, kw, c4, co_pad), np.int64)
+        wk[:, :, :cig, :co] = a.weight.transpose(1, 2, 3, 0)
         nb = dot.nr  # blocks of nr channels, each contiguous: a tile streams its weights in order
         wt = u.array(f"{pre}_weight", "int8_t", wk.reshape(kq, 4, co_pad // nb, nb).transpose(2, 0, 3, 1),
-                     f"weight levels k-major [{co_pad // nb} blocks][{kq} quads of (ky, kx, ci)][{nb} channels][4]")
-        acc0 = u.array(f"{pre}_acc0", "int32_t", a.x_spec.lo * wk.sum(axis=0),
+                     f"weight levels k-major [{co_pad // nb} blocks][{kq} quads of (ky, kx, ci padded to {c4})][{nb} channels][4]")
+        acc0 = u.array(f"{pre}_acc0", "int32_t", a.x_spec.lo * wk.sum(axis=(0, 1, 2)),
                        "input lo x the sum of the weights, per output channel: where the accumulators start")
         return [f"{u.use(dot)}({p(n.inputs[0], True)}, {wt}, {acc0}, &{geom}, {kq}, {a.x_spec.lo}, {out}, {yp});"]
     if x.dtype == "i16" and a.conv.group == 1 and cig < KMAJOR_MAX_C and -(-kh * kw * cig // 2) <= MAX_K2:
@@ -413,14 +415,21 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {out}, {yp});"]
 
 
-def _fits_u8s8(a, spec: KernelSpec) -> bool:
+def dconv_band_row(x_shape, y_shape, a) -> int:
+    """Bytes of one input row in the dot-product conv's band (dconv): the padded width (as far
+    as the windows reach) times the channels padded to 4."""
+    _, _, w, c = x_shape
+    ow, kw, sw, pl = y_shape[2], a.conv.kernel[1], a.conv.strides[1], a.conv.pads[1]
+    return (pl + w + max(0, (ow - 1) * sw + kw - pl - w)) * (-(-c // 4) * 4)
+
+
+def _fits_u8s8(a, spec: KernelSpec, x_shape, y_shape) -> bool:
     """Whether the dot-product conv (dconv) takes this layer: group 1, input levels that are bytes
-    once lo is subtracted (the padding level 0 included), int8 weights, and ``mr`` window rows
-    within its stack buffer."""
+    once lo is subtracted (the padding level 0 included), int8 weights, and the kh input rows of
+    one output row within its band on the stack."""
     lo, hi = a.x_spec.lo, a.x_spec.hi
-    row = -(-a.weight[0].size // 4) * 4
     return (a.conv.group == 1 and lo <= 0 and max(hi, 0) - lo <= 255 and -128 <= a.weight.min()
-            and a.weight.max() <= 127 and -(-row // 64) * 64 * spec.mr <= spec.param("rows_bytes"))
+            and a.weight.max() <= 127 and a.conv.kernel[0] * dconv_band_row(x_shape, y_shape, a) <= spec.param("band_bytes"))
 
 
 def _pool(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:

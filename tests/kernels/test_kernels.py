@@ -916,7 +916,11 @@ DCONV_CASES = [
     ConvCase("i8", "w8", 64, 67, hw=(4, 4), out="i16q"),  # a requantizer: the exact guess, 8 + 8 + 8 + 8 + 3 channels
     ConvCase("i8", "w8", 1026, 64, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="i16s"),  # 1 row, odd K/4: two chains
     ConvCase("i8", "w8", 512, 2, hw=(3, 3), out="f32_off", data="extreme"),  # |acc| up to 7.5e7 > 2^24
-    ConvCase("u8", "i8", 1200, 3, hw=(3, 3), out="i16", data="extreme"),  # K 10800: one tile a block of rows
+    ConvCase("u8", "i8", 1200, 3, hw=(3, 3), out="i16", data="extreme"),  # K 10800
+    # bands: rows of 102 x 64 bytes, 8 output rows a band (3 bands), stride 2, batch, c % 4
+    ConvCase("i8", "w8", 64, 40, hw=(20, 100), out="i16q", n=2),
+    ConvCase("u8", "w8", 62, 33, hw=(23, 130), s=(2, 2), pads=(1, 0, 2, 1), out="f32_mb"),
+    ConvCase("i8", "i8", 3, 8, hw=(40, 30), k=(3, 7), pads=(1, 3, 1, 3), out="i16w"),
     ConvCase("i8", "w8", 32, 64, hw=(7, 7), k=(1, 1), s=(2, 2), pads=(0, 0, 0, 0), out="i16s"),
     ConvCase("i8", "w8", 16, 96, hw=(3, 3), pads=(0, 0, 0, 0), out="f32_mul", n=3),
     ConvCase("i8", "w8", 5, 6, hw=(2, 2), k=(1, 1), pads=(1, 1, 1, 1), out="f32_mb"),  # windows all padding
@@ -926,12 +930,15 @@ DCONV_CASES = [
 
 def _dot(p: ConvCase) -> bool:
     """Mirrors render's choice (``_fits_u8s8``) for the grids above: group 1, input levels that
-    are bytes once lo is taken off, int8 weights, rows within the stack buffer."""
+    are bytes once lo is taken off, int8 weights, kh input rows (padded as far as the windows
+    reach, channels to 4 bytes) within the band on the stack."""
     xs, ws = GRIDS[p.x], GRIDS[p.w]
     spec = next(k for k in KERNELS if k.family == "dconv")
-    row = -(-p.k[0] * p.k[1] * p.ci // 64) * 64
+    (kh, kw), w, (pl, pr) = p.k, p.hw[1], (p.pads[1], p.pads[3])
+    ow = (w + pl + pr - kw) // p.s[1] + 1
+    row = (pl + w + max(0, (ow - 1) * p.s[1] + kw - pl - w)) * (-(-p.ci // 4) * 4)
     return (p.group == 1 and xs.lo <= 0 and max(xs.hi, 0) - xs.lo <= 255 and -128 <= ws.lo and ws.hi <= 127
-            and row * spec.mr <= spec.param("rows_bytes"))
+            and kh * row <= spec.param("band_bytes"))
 
 
 @pytest.mark.parametrize("isa", host_param("dconv"))
@@ -942,7 +949,7 @@ def test_dconv_layer(p, isa):
 
 
 @pytest.mark.parametrize("p", [
-    ConvCase("u8", "i8", 1300, 3, hw=(3, 3), out="i16"),  # K 11700: 6 rows exceed the stack buffer
+    ConvCase("i8", "w8", 512, 8, hw=(3, 45), out="i16"),  # 3 input rows of 47 x 512 bytes exceed the band
     ConvCase("i8", "w8", 8, 12, hw=(4, 4), group=2, out="i16w"),
     ConvCase("i2", "i9", 16, 8, hw=(3, 3), out="f32", feed="i16"),  # weights beyond int8
     ConvCase("u9", "w8", 16, 8, hw=(3, 3), out="f32"),  # levels span more than a byte

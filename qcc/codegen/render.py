@@ -208,8 +208,8 @@ def _transform(u: Unit, pre: str, a) -> str:
                         "the guess's fractions that need the probe, [lo, hi) [2][co]")
                 if probe and u.isa == "avx512" else "NULL"])  # read by the AVX-512 output transform
         u.structs.append(f"static const qcc_thresholds {pre}_out = {{ /* thr, sign, nthr, lo, step, planes, by level, "
-                         f"guess off, f, ends, probe window, probe */\n    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, "
-                         f"{t.spec.step}, {t.spec.bits}, {by_level}, {guess}, {probe:d}}};")
+                         f"guess off, f, ends, probe window, probe, flips */\n    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, "
+                         f"{t.spec.step}, {t.spec.bits}, {by_level}, {guess}, {probe:d}, {int((t.sign < 0).any())}}};")
     return f"&{pre}_out"
 
 

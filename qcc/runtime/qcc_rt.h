@@ -35,6 +35,7 @@ typedef struct {         /* levels: q = lo + step * #{j : sign[co] * acc >= thr[
     const float *probe_window;  /* [2][co]: [lo, hi) of the fraction x - k that needs the probe (below
                                  * it the count is k, from hi on k + 1), for AVX-512 (or NULL) */
     int32_t probe;
+    int32_t flips;              /* some sign[co] is -1 (else the transforms may skip the product) */
 } qcc_thresholds;
 
 typedef struct {         /* values: (float)(acc + off[co]) * mul[co] + bias[co]; any may be NULL */

@@ -603,7 +603,7 @@ def test_requantizer_thresholds_render_one_probe(isa):
     cases = [p for p in DCONV_CASES + ICONV_ALL + list(BGEMM_CASES) if p.out in ("i16q", "i16w")]
     for p in cases:
         src = render(planned(layer_case(p)), MODEL, isa=isa).c
-        assert re.findall(r"probe \*/\n.*?, (\d)\};", src, re.S) == ["1" if p.out == "i16q" else "0"], p
+        assert re.findall(r"probe, flips \*/\n.*?, (\d), \d\};", src, re.S) == ["1" if p.out == "i16q" else "0"], p
 
 
 def test_oracle_plane_layout():

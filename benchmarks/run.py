@@ -71,7 +71,8 @@ def markdown(results: list[dict], mode: str, seconds: float) -> str:
              "(weights dequantized, activation quantizers removed), *ORT int8* the float twin quantized by "
              "`onnxruntime.quantization.quantize_static` (QDQ, u8 activations, per-channel s8 weights). "
              "qcc's time includes the model's input quantizer (every single-layer model quantizes its float "
-             "input first) and the Python/cffi call.", ""]
+             "input first) and the Python/cffi call. *weights qcc* are the layer weights as the benchmarked "
+             "bundle stores them (its ISA's layout), *fp32* the float twin's initializers.", ""]
     groups: dict[str, list[dict]] = {}
     for r in results:
         groups.setdefault(r["group"], []).append(r)

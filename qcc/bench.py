@@ -204,18 +204,14 @@ def _ort_engine(name: str, make_model, threads: int, feeds) -> tuple[Engine, obj
         return Engine(name, ENGINES[name], reason=_one_line(e)), None
 
 
-def _weight_bytes(low, twin) -> dict:
-    """Compiled layer weights (as ``qcc inspect`` counts them), their fp32 size, and every
-    initializer of the float twin."""
+def _weight_bytes(session, twin) -> dict:
+    """The layer weights as the benchmarked bundle stores them (its ISA's layout), their fp32
+    size, and every initializer of the float twin."""
     from qcc.codegen.inspect import layer_info
+    from qcc.codegen.size import weight_bytes
 
-    compiled = fp32 = 0
-    for n in low.nodes:
-        if n.op == "layer":
-            info = layer_info(n, low.tensors)
-            compiled += info.weight_bytes
-            fp32 += info.fp32_bytes
-    out = {"qcc_compiled_bytes": compiled, "fp32_layer_weight_bytes": fp32}
+    fp32 = sum(layer_info(n, session.lowered.tensors).fp32_bytes for n in session.lowered.nodes if n.op == "layer")
+    out = {"qcc_compiled_bytes": weight_bytes(session.sources.c), "fp32_layer_weight_bytes": fp32}
     if twin is not None:
         from onnx import numpy_helper
         out["fp32_twin_bytes"] = int(sum(numpy_helper.to_array(t).nbytes for t in twin.graph.initializer))
@@ -398,7 +394,7 @@ def run_bench(model, target: str = "native", threads: int = 1, runs: int = 200, 
                    "ort_graph_optimization": "ORT_ENABLE_ALL", "target": target},
         "engines": {},
         "ratios": {},
-        "weights": _weight_bytes(session.lowered, twin),
+        "weights": _weight_bytes(session, twin),
         "notes": [QUANTIZER_NOTE],
     }
     for e in engines:
@@ -461,7 +457,7 @@ def report(result: dict) -> str:
     lines += ["", f"speedup (ORT median / qcc median, > 1: qcc faster): ORT fp32 / qcc = {fmt_ratio(r['ort_fp32/qcc'])}, "
                   f"ORT int8 / qcc = {fmt_ratio(r['ort_int8/qcc'])}"]
     w = result["weights"]
-    line = f"weights: qcc {w['qcc_compiled_bytes']:,} bytes compiled"
+    line = f"weights: qcc {w['qcc_compiled_bytes']:,} bytes as its {result['machine']['qcc_isa']} bundle stores them"
     if "fp32_twin_bytes" in w:
         ratio = w["fp32_twin_bytes"] / w["qcc_compiled_bytes"] if w["qcc_compiled_bytes"] else 0.0
         line += f" vs fp32 twin {w['fp32_twin_bytes']:,} bytes ({ratio:.1f}x smaller)"

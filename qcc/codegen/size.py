@@ -153,13 +153,18 @@ def resolve_isa(t: Target) -> str:
     return host_isa()
 
 
+def weight_bytes(c_source: str) -> int:
+    """Bytes of the layers' weights as a rendered bundle stores them (its L<i>_weight arrays:
+    the layout of its ISA)."""
+    return sum(b for _, n, b in c_arrays(c_source) if _WEIGHT.fullmatch(n))
+
+
 def target_size(low: Graph, t: Target, name: str = "model", source: str = "") -> TargetSize:
     isa = resolve_isa(t)
     src = render(low, name, source, isa=isa)
-    arrays = c_arrays(src.c)
     sections, note, cmd = object_sections(src.c, src.h, name, t)
-    return TargetSize(t.name, isa, weight_bytes=sum(b for _, n, b in arrays if _WEIGHT.fullmatch(n)),
-                      const_bytes=sum(b for _, _, b in arrays), sections=sections, note=note, command=cmd)
+    return TargetSize(t.name, isa, weight_bytes=weight_bytes(src.c), const_bytes=sum(b for _, _, b in c_arrays(src.c)),
+                      sections=sections, note=note, command=cmd)
 
 
 def default_targets() -> list[str]:

@@ -415,7 +415,7 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {out}, {yp});"]
 
 
-def dconv_band_row(x_shape, y_shape, a) -> int:
+def _dconv_band_row(x_shape, y_shape, a) -> int:
     """Bytes of one input row in the dot-product conv's band (dconv): the padded width (as far
     as the windows reach) times the channels padded to 4."""
     _, _, w, c = x_shape
@@ -429,7 +429,7 @@ def _fits_u8s8(a, spec: KernelSpec, x_shape, y_shape) -> bool:
     one output row within its band on the stack."""
     lo, hi = a.x_spec.lo, a.x_spec.hi
     return (a.conv.group == 1 and lo <= 0 and max(hi, 0) - lo <= 255 and -128 <= a.weight.min()
-            and a.weight.max() <= 127 and a.conv.kernel[0] * dconv_band_row(x_shape, y_shape, a) <= spec.param("band_bytes"))
+            and a.weight.max() <= 127 and a.conv.kernel[0] * _dconv_band_row(x_shape, y_shape, a) <= spec.param("band_bytes"))
 
 
 def _pool(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:

@@ -78,8 +78,6 @@ class Unit:
             vals = [cfloat(v) for v in flat]
         elif ctype == "uint64_t":
             vals = [f"0x{int(v):016x}u" for v in flat]
-        elif ctype == "uint32_t":
-            vals = [f"{int(v)}u" for v in flat]
         else:
             vals = [str(int(v)) for v in flat]
         self.arrays.append(Array(name, ctype, vals or ["0"], comment))

@@ -1443,6 +1443,28 @@ def test_fuse_layouts_rewrites_the_edges_of_a_binary_layer():
     np.testing.assert_array_equal(InferenceSession(model).run(None, feeds)[0], run_reference(model, feeds)[0])
 
 
+def test_fuse_layouts_rewrites_the_edges_of_an_int8_layer():
+    """A w8a8 conv (8-bit Quant input and output, BN between) from a float NCHW input to a float
+    NCHW output keeps no transpose: the quantizer reads NCHW into int16 levels and the unpack
+    writes NCHW; the compiled model equals the reference exactly on every target the host runs."""
+    import builders
+    from qcc import InferenceSession
+    from qcc.api import lower_model
+    from qcc.frontend.reference import run_reference
+    b = builders.Builder(6)
+    x = b.quant("x", np.float32(2.0 ** -4), 8)
+    y = b.conv(x, b.int_weight((40, 19, 3, 3)), (3, 3), pads=(1, 1, 1, 1))
+    y = b.quant(b.batchnorm(y, 40), np.float32(2.0 ** -3), 8)
+    model = b.model({"x": [1, 19, 11, 17]}, {y: 4})
+    _, low = lower_model(model)
+    ops = [(nd.op, getattr(nd.attrs, "src", None) or getattr(nd.attrs, "dst", None)) for nd in low.nodes]
+    assert ("quantize", "NCHW") in ops and ("unpack", "NCHW") in ops and not any(o == "transpose" for o, _ in ops)
+    feeds = {"x": (np.random.default_rng(3).standard_normal((2, 19, 11, 17)) * 4).astype(F32)}
+    want = run_reference(model, feeds)[0]
+    for target in ("scalar", "native"):
+        np.testing.assert_array_equal(InferenceSession(model, target=target).run(None, feeds)[0], want, err_msg=target)
+
+
 # ======================================================================================= ew
 
 @dataclass(frozen=True)

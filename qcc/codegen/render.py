@@ -302,7 +302,7 @@ def _probe_windows(thr: np.ndarray, off: np.ndarray, f: np.ndarray) -> np.ndarra
     j = np.arange(thr.shape[1])[None, :]
 
     def fraction(dd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x, k = threshold_guess(np.maximum(dd, 0), off.astype(np.int64)[:, None], f[:, None])
+        x, k = threshold_guess(dd, off.astype(np.int64)[:, None], f[:, None])  # d - 1 < 0: masked below
         return x - k.astype(F32), k
 
     (fb, kb), (fa, ka) = fraction(d - 1), fraction(d)

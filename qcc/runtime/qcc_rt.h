@@ -74,13 +74,13 @@ static inline int32_t qcc_threshold_count(const qcc_thresholds *t, int32_t co, i
     return lo;
 }
 
-/* Output pixel m's padded taps (ky * kw + kx), listed in padded[]; returns how many. Interior
- * pixels cost one test. The bit-plane GEMMs correct their counts for these taps. */
 /* Whether the kernel window whose top-left input pixel is (iy0, ix0) lies inside the image. */
 static inline int qcc_window_inside(const qcc_conv_geom *g, int32_t iy0, int32_t ix0) {
     return iy0 >= 0 && iy0 + g->kh <= g->h && ix0 >= 0 && ix0 + g->kw <= g->w;
 }
 
+/* Output pixel m's padded taps (ky * kw + kx), listed in padded[]; returns how many. Interior
+ * pixels cost one test. The bit-plane GEMMs correct their counts for these taps. */
 static inline int32_t qcc_padded_taps(const qcc_conv_geom *g, size_t m, uint8_t *padded) {
     const int32_t ox = (int32_t)(m % (size_t)g->ow), oy = (int32_t)(m / (size_t)g->ow % (size_t)g->oh);
     const int32_t iy0 = oy * g->sh - g->pt, ix0 = ox * g->sw - g->pl;

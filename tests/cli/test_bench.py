@@ -141,3 +141,21 @@ def test_popcount_ceiling_of_each_isa_this_cpu_runs():
     for isa in CEILING_TILES.keys() & set(RUNS[host_isa()]):
         rate = popcount_ceiling(isa, seconds=0.05)
         assert rate > 1e9 and popcount_ceiling(isa) == rate  # bit-MACs per second, measured once
+
+
+def test_bench_weights_are_the_benchmarked_bundles():
+    """qcc bench's weight bytes are those of the bundle it times, in its ISA's layout: what
+    ``qcc inspect --size`` measures for that target (on avx512, unpadded bit rows in blocks of
+    8 channels and int8 layers as bytes, so fewer bytes than the scalar bundle for digits)."""
+    from qcc.api import lower_model
+    from qcc.bench import run_bench
+    from qcc.codegen.size import target_size
+    from qcc.codegen.targets import TARGETS
+    _, low = lower_model(str(MODEL))
+    got = {}
+    for target in ("scalar", "native"):
+        result = run_bench(str(MODEL), target=target, runs=2, warmup=0, rounds=1, int8=False)
+        got[target] = result["weights"]["qcc_compiled_bytes"], result["machine"]["qcc_isa"]
+        assert got[target][0] == target_size(low, TARGETS[target]).weight_bytes, target
+    if got["native"][1] == "avx512":
+        assert got["native"][0] < got["scalar"][0], got

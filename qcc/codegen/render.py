@@ -25,6 +25,7 @@ F32 = np.float32
 SIMD_MAX_THRESHOLDS = 15  # up to 4-bit outputs, SIMD output transforms compare all thresholds (thr_by_level)
 GUESS_MIN_THRESHOLDS = SIMD_MAX_THRESHOLDS + 1  # from here on, the count starts from a guess (_threshold_guesses)
 SIMD_ISAS = ("avx2", "avx512", "neon")  # ISAs whose output transforms read the thresholds level-major (thr_by_level)
+X86_ISAS = ("avx2", "avx512")  # ISAs whose output transforms probe only inside the guess's probe window
 CTYPES = {"f32": "float", "i16": "int16_t", "bits": "uint64_t"}
 ROUNDING = {"ROUND": "QCC_ROUND", "CEIL": "QCC_CEIL", "FLOOR": "QCC_FLOOR", "UP": "QCC_UP",
             "DOWN": "QCC_DOWN", "HALF_UP": "QCC_HALF_UP", "HALF_DOWN": "QCC_HALF_DOWN"}
@@ -204,7 +205,7 @@ def _transform(u: Unit, pre: str, a) -> str:
                 if u.isa in SIMD_ISAS else "NULL",  # the scalar count reads thr[co][0] and thr[co][n-1]
                 u.array(f"{pre}_probe_window", "float", _probe_windows(clipped, off, f),
                         "the guess's fractions that need the probe, [lo, hi) [2][co]")
-                if probe and u.isa == "avx512" else "NULL"])  # read by the AVX-512 output transform
+                if probe and u.isa in X86_ISAS else "NULL"])  # read by the x86 output transforms
         u.structs.append(f"static const qcc_thresholds {pre}_out = {{ /* thr, sign, nthr, lo, step, planes, by level, "
                          f"guess off, f, ends, probe window, probe, flips */\n    {thr}, {sign}, {t.thr.shape[1]}, {t.spec.lo}, "
                          f"{t.spec.step}, {t.spec.bits}, {by_level}, {guess}, {probe:d}, {int((t.sign < 0).any())}}};")

@@ -33,7 +33,7 @@ typedef struct {         /* levels: q = lo + step * #{j : sign[co] * acc >= thr[
     const float *guess_f;
     const int32_t *ends;        /* [2][co]: each channel's first and last threshold, for SIMD variants */
     const float *probe_window;  /* [2][co]: [lo, hi) of the fraction x - k that needs the probe (below
-                                 * it the count is k, from hi on k + 1), for AVX-512 (or NULL) */
+                                 * it the count is k, from hi on k + 1), for the x86 transforms (or NULL) */
     int32_t probe;
     int32_t flips;              /* some sign[co] is -1 (else the transforms may skip the product) */
 } qcc_thresholds;

@@ -82,8 +82,14 @@ KERNELS: tuple[KernelSpec, ...] = (
     *(_k("bgemm", f"pm1xpm1_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS, chunk=CHUNK, wblock=8) for out in OUTS),
     *(_k("pgemm", f"planes_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS, chunk=CHUNK, wblock=8,
          plane_pairs=PLANE_PAIRS) for out in OUTS),
-    # x86-64 with AVX-512 VNNI: integer convs whose levels fit u8 x s8 (render.py) by vpdpbusd
-    *(_k("dconv", f"u8s8_{out}", "avx512", mr=6, nr=32, out=out, band_bytes=DCONV_BAND) for out in OUTS),
+    # integer convs by dot products of `group` levels u = q - lo (0 <= u <= umax) with weights of
+    # wbits (render.py): AVX-512 VNNI u8 x s8 (vpdpbusd), AVX2 int16 x int16 (vpmaddwd) from min_c
+    # input channels on (with fewer, CNV's RGB layer took 30.3 us against the k-major conv's 27.2)
+    *(_k("dconv", f"u8s8_{out}", "avx512", mr=6, nr=32, out=out, band_bytes=DCONV_BAND, group=4, umax=255, wbits=8)
+      for out in OUTS),
+    *(_k("dconv", f"u15s16_{out}", "avx2", mr=6, nr=16, out=out, band_bytes=DCONV_BAND, group=2, umax=32767, wbits=16,
+         min_c=KMAJOR_MAX_C)
+      for out in OUTS),
     *(_k("iconv", f"i16_{out}", out=out) for out in OUTS),
     *(_k("iconv", f"i16_{out}", "avx2", nr=4, out=out) for out in OUTS),
     *(_k("ikconv", f"i16_{out}", out=out, max_k2=MAX_K2) for out in OUTS),

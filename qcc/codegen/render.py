@@ -15,7 +15,7 @@ import jinja2
 import numpy as np
 
 import qcc
-from qcc.codegen.kernels import KERNEL_DIR, KMAJOR_MAX_C, MAX_K, MAX_K2, MAX_TAPS, KernelSpec, find, variants
+from qcc.codegen.kernels import KERNEL_DIR, KERNELS, KMAJOR_MAX_C, MAX_K, MAX_K2, MAX_TAPS, RUNS, KernelSpec, find, variants
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node
 from qcc.ir.kernels_ref import pack_bits, plane_words, words
@@ -376,17 +376,18 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         xs, ws = a.x_spec, a.w_spec
         return [im2col_call, f"{gemm}({col}, {wt}, {cws}, {cwt}, {xs.lo}, {xs.step}, {ws.lo}, {ws.step}, {wplanes}, "
                              f"&{geom}, {ps}, {out}, {yp});"]
-    dot = next((s for s in variants("dconv", f"u8s8_{a.out}", u.isa)
-                if x.dtype == "i16" and _fits_u8s8(a, s, x.shape, y.shape)), None)
+    dot = next((s for s in _dot_convs(a.out, u.isa) if x.dtype == "i16" and _fits_dot(a, s, x.shape, y.shape)), None)
     if dot:
-        c4, co_pad = -(-cig // 4) * 4, -(-co // dot.nr) * dot.nr  # each tap's channels padded to 4 bytes
-        kq = kh * kw * c4 // 4
-        wk = np.zeros((kh, kw, c4, co_pad), np.int64)
-        wk[:, :, :cig, :co] = a.weight.transpose(1, 2, 3, 0)
-        nb = dot.nr  # blocks of nr channels, each contiguous: a tile streams its weights in order
-        wt = u.array(f"{pre}_weight", "int8_t", wk.reshape(kq, 4, co_pad // nb, nb).transpose(2, 0, 3, 1),
-                     f"weight levels k-major [{co_pad // nb} blocks][{kq} quads of (ky, kx, ci padded to {c4})][{nb} channels][4]")
-        acc0 = u.array(f"{pre}_acc0", "int32_t", a.x_spec.lo * wk.sum(axis=(0, 1, 2)),
+        gs, nb = dot.param("group"), dot.nr  # a window row's kw x ci levels padded to groups of gs
+        rq, co_pad = -(-kw * cig // gs), -(-co // nb) * nb
+        kq = kh * rq
+        wk = np.zeros((kh, rq * gs, co_pad), np.int64)
+        wk[:, :kw * cig, :co] = a.weight.transpose(1, 2, 3, 0).reshape(kh, kw * cig, co)
+        # blocks of nb channels, each contiguous: a tile streams its weights in order
+        wt = u.array(f"{pre}_weight", f"int{dot.param('wbits')}_t", wk.reshape(kq, gs, co_pad // nb, nb).transpose(2, 0, 3, 1),
+                     f"weight levels k-major [{co_pad // nb} blocks][{kh} window rows x {rq} groups of (kx, ci)]"
+                     f"[{nb} channels][{gs}]")
+        acc0 = u.array(f"{pre}_acc0", "int32_t", a.x_spec.lo * wk.sum(axis=(0, 1)),
                        "input lo x the sum of the weights, per output channel: where the accumulators start")
         return [f"{u.use(dot)}({p(n.inputs[0], True)}, {wt}, {acc0}, &{geom}, {kq}, {a.x_spec.lo}, {out}, {yp});"]
     if x.dtype == "i16" and a.conv.group == 1 and cig < KMAJOR_MAX_C and -(-kh * kw * cig // 2) <= MAX_K2:
@@ -414,21 +415,27 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {out}, {yp});"]
 
 
-def _dconv_band_row(x_shape, y_shape, a) -> int:
+def _dot_convs(out: str, isa: str) -> list[KernelSpec]:
+    """The dot-product convs (dconv) a CPU of ``isa`` runs, best first."""
+    return [k for want in RUNS[isa] for k in KERNELS if (k.family, k.isa, k.param("out")) == ("dconv", want, out)]
+
+
+def _dconv_band_row(x_shape, y_shape, a, group: int) -> int:
     """Bytes of one input row in the dot-product conv's band (dconv): the padded width (as far
-    as the windows reach) times the channels padded to 4."""
+    as the windows reach) times the channels, each level 4 // group bytes."""
     _, _, w, c = x_shape
     ow, kw, sw, pl = y_shape[2], a.conv.kernel[1], a.conv.strides[1], a.conv.pads[1]
-    return (pl + w + max(0, (ow - 1) * sw + kw - pl - w)) * (-(-c // 4) * 4)
+    return (pl + w + max(0, (ow - 1) * sw + kw - pl - w)) * c * (4 // group)
 
 
-def _fits_u8s8(a, spec: KernelSpec, x_shape, y_shape) -> bool:
-    """Whether the dot-product conv (dconv) takes this layer: group 1, input levels that are bytes
-    once lo is subtracted (the padding level 0 included), int8 weights, and the kh input rows of
-    one output row within its band on the stack."""
-    lo, hi = a.x_spec.lo, a.x_spec.hi
-    return (a.conv.group == 1 and lo <= 0 and max(hi, 0) - lo <= 255 and -128 <= a.weight.min()
-            and a.weight.max() <= 127 and a.conv.kernel[0] * _dconv_band_row(x_shape, y_shape, a) <= spec.param("band_bytes"))
+def _fits_dot(a, spec: KernelSpec, x_shape, y_shape) -> bool:
+    """Whether the dot-product conv ``spec`` (dconv) takes this layer: group 1, at least its min_c
+    input channels, input levels u = q - lo within its 0 .. umax (the padding level 0 included),
+    weights of its wbits, and the kh input rows of one output row within its band on the stack."""
+    lo, hi, wmax = a.x_spec.lo, a.x_spec.hi, 1 << (spec.param("wbits") - 1)
+    return (a.conv.group == 1 and a.weight.shape[3] >= spec.param("min_c", 0) and lo <= 0
+            and max(hi, 0) - lo <= spec.param("umax") and -wmax <= a.weight.min() and a.weight.max() < wmax
+            and a.conv.kernel[0] * _dconv_band_row(x_shape, y_shape, a, spec.param("group")) <= spec.param("band_bytes"))
 
 
 def _pool(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:

@@ -80,8 +80,9 @@ GRIDS = {
     "i8": QuantSpec(-128, 127, 1),    # int16 storage
     "u8": QuantSpec(0, 255, 1),       # int16 storage
     "w8": QuantSpec(-127, 127, 1),    # narrow int8 weights
-    "i9": QuantSpec(-256, 255, 1),    # beyond int8 (the dot-product conv refuses it)
+    "i9": QuantSpec(-256, 255, 1),    # beyond int8 (the VNNI dot-product conv refuses it)
     "u9": QuantSpec(0, 511, 1),
+    "i15": QuantSpec(-16384, 16383, 1),  # the widest span the AVX2 dot-product conv takes (hi - lo = 32767)
 }
 
 
@@ -902,7 +903,7 @@ def test_iconv_layer(p, isa):
     check_on(isa, layer_case(p))
 
 
-# ------------------------------------------ int8 layer by dot products (dconv, AVX-512 VNNI)
+# ------------------------------------ integer layer by dot products (dconv: AVX-512 VNNI, AVX2 int16)
 
 DCONV_CASES = [
     ConvCase("i8", "i8", 64, 65, hw=(4, 4), out="i16w"),  # weights -128 too; 255 thresholds; 16 rows: tiles 6, 6, 4
@@ -925,41 +926,68 @@ DCONV_CASES = [
     ConvCase("i8", "w8", 16, 96, hw=(3, 3), pads=(0, 0, 0, 0), out="f32_mul", n=3),
     ConvCase("i8", "w8", 5, 6, hw=(2, 2), k=(1, 1), pads=(1, 1, 1, 1), out="f32_mb"),  # windows all padding
     ConvCase("i8", "w8", 7, 9, hw=(2, 3), k=(5, 5), pads=(2, 2, 2, 2), out="u2"),  # padding on both sides of a row
+    # beyond the VNNI conv's bytes (AVX2's int16 conv): weights past int8, levels past a byte, the
+    # widest span (hi - lo = 32767) with an odd channel count (a padded channel a pixel)
+    ConvCase("i2", "i9", 16, 20, hw=(5, 5), out="i16w", feed="i16"),
+    ConvCase("u9", "w8", 33, 17, hw=(6, 7), s=(2, 2), pads=(1, 0, 2, 1), out="f32_mb", n=2),
+    ConvCase("i15", "i9", 17, 16, hw=(4, 5), out="f32_off", data="extreme"),
+    ConvCase("u9", "i9", 40, 12, hw=(7, 3), k=(1, 3), pads=(0, 1, 0, 1), out="u2"),
 ]
 
 
-def _dot(p: ConvCase) -> bool:
-    """Mirrors render's choice (``_fits_u8s8``) for the grids above: group 1, input levels that
-    are bytes once lo is taken off, int8 weights, kh input rows (padded as far as the windows
-    reach, channels to 4 bytes) within the band on the stack."""
-    xs, ws = GRIDS[p.x], GRIDS[p.w]
-    spec = next(k for k in KERNELS if k.family == "dconv")
-    (kh, kw), w, (pl, pr) = p.k, p.hw[1], (p.pads[1], p.pads[3])
+def _dot_fits(p: ConvCase, spec: KernelSpec) -> bool:
+    """Mirrors render's choice (``_fits_dot``) for the grids above: group 1, at least min_c input
+    channels, input levels u = q - lo within 0 .. umax (lo <= 0), weights of wbits, kh input rows
+    (padded as far as the windows reach, 4 bytes a group of levels) within the band on the stack."""
+    xs, ws, wmax = GRIDS[p.x], GRIDS[p.w], 1 << (spec.param("wbits") - 1)
+    (kh, kw), w, (pl, pr), gs = p.k, p.hw[1], (p.pads[1], p.pads[3]), spec.param("group")
     ow = (w + pl + pr - kw) // p.s[1] + 1
-    row = (pl + w + max(0, (ow - 1) * p.s[1] + kw - pl - w)) * (-(-p.ci // 4) * 4)
-    return (p.group == 1 and xs.lo <= 0 and max(xs.hi, 0) - xs.lo <= 255 and -128 <= ws.lo and ws.hi <= 127
-            and kh * row <= spec.param("band_bytes"))
+    row = (pl + w + max(0, (ow - 1) * p.s[1] + kw - pl - w)) * p.ci * 4 // gs
+    return (p.group == 1 and p.ci >= spec.param("min_c", 0) and xs.lo <= 0 and max(xs.hi, 0) - xs.lo <= spec.param("umax")
+            and -wmax <= ws.lo and ws.hi < wmax and kh * row <= spec.param("band_bytes"))
 
 
-@pytest.mark.parametrize("isa", host_param("dconv"))
-@pytest.mark.parametrize("p", DCONV_CASES, ids=str)
+def _dot(p: ConvCase, isa: str) -> str | None:
+    """The ISA of the dot-product conv that takes p under ``isa`` (best first), or None."""
+    return next((k.isa for want in RUNS[isa] for k in KERNELS
+                 if k.family == "dconv" and k.isa == want and k.param("out") == "f32" and _dot_fits(p, k)), None)
+
+
+def _int_family(p: ConvCase, isa: str) -> str:
+    """Mirrors render's choice among the integer conv families under ``isa``."""
+    return "dconv" if _dot(p, isa) else "ikconv" if _kmajor(p) else "iconv"
+
+
+@pytest.mark.parametrize("p, isa", [(p, isa) for isa in host_param("dconv") for p in DCONV_CASES if _dot(p, isa) == isa],
+                         ids=str)
 def test_dconv_layer(p, isa):
-    assert _dot(p)
     check_on(isa, layer_case(p))
 
 
-@pytest.mark.parametrize("p", [
-    ConvCase("i8", "w8", 512, 8, hw=(3, 45), out="i16"),  # 3 input rows of 47 x 512 bytes exceed the band
-    ConvCase("i8", "w8", 8, 12, hw=(4, 4), group=2, out="i16w"),
-    ConvCase("i2", "i9", 16, 8, hw=(3, 3), out="f32", feed="i16"),  # weights beyond int8
-    ConvCase("u9", "w8", 16, 8, hw=(3, 3), out="f32"),  # levels span more than a byte
+def test_dconv_cases_reach_each_variant():
+    """Every case is some ISA's dot-product conv; the AVX2 one leaves few input channels (and what
+    fits VNNI's bytes, under avx512) to the others."""
+    assert all(_dot(p, "avx512") for p in DCONV_CASES)
+    assert {p.ci for p in DCONV_CASES if _dot(p, "avx2")} >= {16, 17, 1026}
+    assert not [p for p in DCONV_CASES if _dot(p, "avx2") and p.ci < KMAJOR_MAX_C]
+
+
+@pytest.mark.parametrize("p, family", [
+    (ConvCase("i8", "w8", 512, 8, hw=(3, 45), out="i16"), "iconv"),  # 3 input rows of 47 x 512 bytes exceed the band
+    (ConvCase("i8", "w8", 8, 12, hw=(4, 4), group=2, out="i16w"), "iconv"),
+    (ConvCase("i2", "i9", 16, 8, hw=(3, 3), out="f32", feed="i16"), "dconv"),  # weights beyond int8: AVX2's int16 conv
+    (ConvCase("u9", "w8", 16, 8, hw=(3, 3), out="f32"), "dconv"),  # levels span more than a byte
+    (ConvCase("u9", "w8", 8, 8, hw=(3, 3), out="f32"), "ikconv"),  # and few input channels
 ], ids=str)
-def test_dconv_leaves_other_int_layers_to_avx2(p):
-    """Layers the dot-product conv cannot take exactly are rendered with the AVX2 int16 convs
-    under avx512, and still agree with the oracle where this CPU runs avx512."""
-    assert not _dot(p)
-    ks = {k for k in _kernels_of(render(planned(layer_case(p)), MODEL, isa="avx512").c) if re.match(r"qcc_i\w*conv_", k)}
-    assert len(ks) == 1 and ks.pop().endswith("__avx2"), p
+def test_dconv_leaves_other_int_layers_to_avx2(p, family):
+    """Layers the VNNI dot-product conv cannot take exactly are rendered with the AVX2 kernels under
+    avx512 (its int16 dot-product conv where that fits), and still agree with the oracle where
+    this CPU runs avx512."""
+    assert _dot(p, "avx512") in (None, "avx2") and _int_family(p, "avx512") == family
+    ks = {k for k in _kernels_of(render(planned(layer_case(p)), MODEL, isa="avx512").c) if re.match(r"qcc_(i\w*|d)conv_", k)}
+    assert len(ks) == 1, ks
+    k = ks.pop()
+    assert k.startswith(f"qcc_{family}_") and k.endswith("__avx2"), k
     check_on("avx512", layer_case(p))
 
 
@@ -1721,7 +1749,10 @@ SUITES = [(layer_case, BGEMM_CASES), (layer_case, PGEMM_CASES), (layer_case, ICO
           (transpose_case, TRANSPOSE_CASES), (layout_case, LAYOUT_CASES)]
 
 # What each suite must exercise: every case of a layer suite runs that suite's kernel family
-# (rendered for each of the family's ISAs; the layout suite for the quantizer's).
+# (rendered for each of the family's ISAs; the layout suite for the quantizer's), the integer
+# suites the family render picks on that ISA (_int_family: the AVX2 dot-product conv takes group-1
+# layers of the iconv suite too).
+INT_FAMILIES = ("iconv", "ikconv", "dconv")
 SUITE_FAMILY = {id(BGEMM_CASES): "bgemm", id(PGEMM_CASES): "pgemm", id(ICONV_CASES): "iconv",
                 id(IKCONV_CASES): "ikconv", id(DCONV_CASES): "dconv", id(FCONV_CASES): "fconv", id(FKCONV_CASES): "fkconv",
                 id(LAYOUT_CASES): "quantize"}
@@ -1744,9 +1775,10 @@ def test_every_declared_variant_is_exercised():
             g = graphs.setdefault(id(p), planned(make(p)))
             ks = _kernels_of(render(g, MODEL, isa=isa).c)
             if family:
-                assert any(k.startswith(f"qcc_{family}_") for k in ks), f"{p}: runs {sorted(ks)}, not {family}"
+                want = _int_family(p, isa) if family in INT_FAMILIES else family
+                assert any(k.startswith(f"qcc_{want}_") for k in ks), f"{p}: runs {sorted(ks)}, not {want}"
                 assert not [k for k in ks if re.match(r"qcc_(bgemm|pgemm|iconv|ikconv|dconv|fconv|fkconv)_", k)
-                            and not k.startswith(f"qcc_{family}_")], f"{p}: runs another layer family: {sorted(ks)}"
+                            and not k.startswith(f"qcc_{want}_")], f"{p}: runs another layer family: {sorted(ks)}"
             used |= ks
     declared = {k.name for k in KERNELS}
     assert not declared - used, f"variants never exercised: {sorted(declared - used)}"

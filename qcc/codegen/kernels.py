@@ -50,6 +50,7 @@ def _k(family: str, operands: str, isa: str = "scalar", mr: int = 1, nr: int = 1
 
 
 OUTS = ("f32", "bits", "i16")
+EW_ISAS = ("scalar", "avx2")  # the elementwise chain's variants (one kernel per chain, rendered from its steps)
 # AVX2 bit-plane GEMMs: from this many rows on, blocks of 8 output channels have their weights
 # split into nibbles once (a stack buffer of split_max_kv 256-bit vectors per weight plane, 24 KiB)
 SPLIT = dict(split_min_rows=4, split_max_kv=48)

@@ -15,7 +15,7 @@ import jinja2
 import numpy as np
 
 import qcc
-from qcc.codegen.kernels import KERNEL_DIR, KERNELS, KMAJOR_MAX_C, MAX_K, MAX_K2, MAX_TAPS, RUNS, KernelSpec, find, variants
+from qcc.codegen.kernels import EW_ISAS, KERNEL_DIR, KERNELS, KMAJOR_MAX_C, MAX_K, MAX_K2, MAX_TAPS, RUNS, KernelSpec, find, variants
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node
 from qcc.ir.kernels_ref import pack_bits, plane_words, words
@@ -469,8 +469,8 @@ def _unpack(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
 
 def _ew(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     x = p.g.tensors[n.inputs[0]]
-    spec = KernelSpec("ew", f"f32_L{i}", params=(("rounding", ROUNDING), ("source", n.attrs.source),
-                                                 ("steps", n.attrs.steps)))
+    spec = KernelSpec("ew", f"f32_L{i}", next(i for i in RUNS[u.isa] if i in EW_ISAS),
+                      params=(("rounding", ROUNDING), ("source", n.attrs.source), ("steps", n.attrs.steps)))
     fn = u.use(spec)
     consts = [u.array(f"L{i}_k{j}", "float", s.const) for j, s in
               enumerate(s for s in n.attrs.steps if s.const is not None and s.const.size > 1)]

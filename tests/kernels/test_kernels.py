@@ -48,7 +48,7 @@ import pytest
 
 from qcc.codegen import render as render_mod
 from qcc.codegen.build import build, host_isa
-from qcc.codegen.kernels import KMAJOR_MAX_C, KERNELS, RUNS, KernelSpec
+from qcc.codegen.kernels import EW_ISAS, KMAJOR_MAX_C, KERNELS, RUNS, KernelSpec
 from qcc.codegen.render import RUNTIME_DIR, render
 from qcc.ir import interp
 from qcc.ir.graph import Graph, Node, Tensor
@@ -1549,10 +1549,11 @@ def ew_case(p: EwCase) -> Case:
     return Case(chain, x)
 
 
+@pytest.mark.parametrize("isa", EW_ISAS)
 @pytest.mark.parametrize("p", EW_CASES, ids=str)
-def test_ew_chain(p):
+def test_ew_chain(p, isa):
     case = ew_case(p)
-    check(case)
+    check_on(isa, case)
     if p.nan:  # NaN kept by abs, max/min and sign, -1 from bipolar: the oracle says so too
         g = planned(case)
         y = interp.run(g, {"x": case.x})[g.outputs[0]].transpose(TO_NHWC)
@@ -1562,6 +1563,32 @@ def test_ew_chain(p):
             assert np.isnan(y[nan]).all()
         else:
             assert (y[nan] == -1).all()
+
+
+# the values where the round modes differ: ties, signed zeros, the edges of float32's integers
+EW_TIES = np.array([-4.5, -3.5, -2.5, -1.5, -0.5, -0.0, 0.0, 0.5, 1.5, 2.5, 3.5, -0.3, 0.3, -0.7, 0.7, -1e-30, 1e-30,
+                    2 ** 23 - 0.5, -(2 ** 23 - 0.5), 2 ** 23 + 2, -(2 ** 24), 1e30, -1e30, np.inf, -np.inf], F32)
+
+
+@pytest.mark.parametrize("isa", EW_ISAS)
+@pytest.mark.parametrize("mode", list(render_mod.ROUNDING), ids=str)
+def test_ew_round_modes_at_ties_and_zeros(mode, isa):
+    """Each round mode alone (then * -1) on the values where the modes differ, in vectors and in
+    the tail (25 values: 3 vectors and 1): the C output's float bits, the signs of zeros
+    included (which an equality check of floats ignores), are the oracle's."""
+    if isa not in HOST_ISAS:
+        pytest.skip(f"this CPU does not run {isa}")
+    x = EW_TIES.reshape(1, 25, 1, 1)
+    case = Case(Chain(x.shape).nhwc().ew(EwStep("round", mode=mode), EwStep("mul", np.array(-1.0, F32))).nchw(), x)
+    check(case, isa=isa)
+    g = planned(case)
+    want = np.asarray(interp.run(g, {"x": x})[g.outputs[0]], F32)
+    got = run_c(g, x, (), isa)[0]["OUTPUT"]
+    assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist()
+    zero = want == 0
+    assert zero.sum() >= 2
+    if mode in ("ROUND", "FLOOR", "CEIL", "DOWN"):  # these keep the sign of a zero result: both occur
+        assert np.signbit(want[zero]).any() and not np.signbit(want[zero]).all()
 
 
 ROUND_VALUES = np.array([-3.5, -2.5, -1.5, -1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 3.5,
@@ -1803,7 +1830,8 @@ EW_ALL = KernelSpec("ew", "f32_all", params=(
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
-@pytest.mark.parametrize("spec", list(KERNELS) + [EW_ALL], ids=lambda k: k.name)
+@pytest.mark.parametrize("spec", list(KERNELS) + [dataclasses.replace(EW_ALL, isa=isa) for isa in EW_ISAS],
+                         ids=lambda k: k.name)
 def test_variant_compiles_freestanding_without_warnings(spec, tmp_path):
     cc = {"neon": "aarch64-linux-gnu-gcc"}.get(spec.isa, "gcc")  # cross variants: the target's compiler
     if shutil.which(cc) is None:

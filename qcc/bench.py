@@ -331,9 +331,9 @@ def _layers(model, target: str, feeds, runs: int, warmup: int) -> list[dict]:
     total = sum(t for _, t in times) or 1.0
     ceiling = popcount_ceiling(sess.isa)
     rows = []
-    for n, t in times:
+    for (n, t), variant in zip(times, sess.sources.variants):
         kernel = n.op
-        row = {"name": n.name, "op": n.op, "us": t / runs * 1e6, "share": t / total}
+        row = {"name": n.name, "op": n.op, "variant": variant, "us": t / runs * 1e6, "share": t / total}
         if n.op == "layer":
             info = layer_info(n, sess.lowered.tensors)
             kernel = f"layer/{info.kind}"
@@ -343,7 +343,8 @@ def _layers(model, target: str, feeds, runs: int, warmup: int) -> list[dict]:
                 row.update(bit_macs=bm, k_bits=kh * kw * cig, gbit_macs_per_s=bm / (t / runs) / 1e9)
                 if ceiling:
                     row["ceiling_fraction"] = bm / (t / runs) / ceiling
-        row["kernel"] = kernel
+        family, _, isa = variant.partition(" ")
+        row["kernel"] = kernel if not variant else f"{kernel} ({isa})" if family == n.op else f"{kernel} ({variant})"
         rows.append(row)
     return rows
 

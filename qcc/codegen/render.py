@@ -523,6 +523,7 @@ def _describe(n: Node, g: Graph) -> str:
 class Sources:
     c: str
     h: str
+    variants: tuple[str, ...] = ()  # per kernel call, in the profile's order: the variant it runs ("dconv avx512")
 
     def files(self, name: str) -> dict[str, str]:
         """The bundle, file name -> text: ``<name>.c``, ``<name>.h`` and the runtime ``qcc_rt.h``."""
@@ -560,4 +561,12 @@ def render(graph: Graph, name: str = "model", source: str = "", isa: str = "scal
                outputs=[(list(onames)[k] if k < len(onames) else o, graph.tensors[o].shape, size, off_, src)
                         for k, (o, off_, size, src) in enumerate(outputs)],
                input_size=sum(t.size for _, t in inputs), output_size=off, c_ident=c_ident, profile=profile, isa=isa)
-    return Sources(env.get_template("model.c.j2").render(**ctx), env.get_template("model.h.j2").render(**ctx))
+    return Sources(env.get_template("model.c.j2").render(**ctx), env.get_template("model.h.j2").render(**ctx),
+                   tuple(_variant(u, c.lines) for c in u.calls))
+
+
+def _variant(u: Unit, lines: list[str]) -> str:
+    """The kernel variant a call runs, "family isa": the last kernel its lines call (a layer's GEMM,
+    after its im2col); "" for a call of none (an output copied in place)."""
+    names = [m for line in lines for m in re.findall(r"\b(qcc_\w+)\(", line) if m in u.kernels]
+    return f"{u.kernels[names[-1]].family} {u.kernels[names[-1]].isa}" if names else ""

@@ -45,6 +45,29 @@ def test_bench_digits_json_and_layers(tmp_path, capsys):
     assert all(L["us"] >= 0 for L in layers)
 
 
+def test_bench_layers_name_the_variant_each_call_runs():
+    """The per-layer rows name the kernel variant render chose for each call, by its rules: the
+    1-channel first conv of digits_w2a2 runs k-major on scalar and avx2 (too few channels for the
+    AVX2 dot-product conv) and by VNNI dot products on avx512; its int8 classifier by dot products
+    wherever x86 has them, the direct int16 conv on scalar; its 2-bit layers on the plane GEMMs."""
+    from qcc.bench import _layers
+    from qcc.codegen.build import host_isa
+    from qcc.codegen.kernels import RUNS
+
+    model = ROOT / "examples" / "models" / "digits_w2a2.onnx"
+    feeds = {"input": np.load(INPUTS)["x"][:1]}
+    want = {"scalar": ("ikconv scalar", "iconv scalar", "pgemm scalar"), "avx2": ("ikconv avx2", "dconv avx2", "pgemm avx2"),
+            "avx512": ("dconv avx512", "dconv avx512", "pgemm avx512")}
+    for isa in [i for i in ("scalar", "avx2", "avx512") if i in RUNS[host_isa()]]:
+        rows = {L["name"]: L for L in _layers(model, isa, feeds, runs=1, warmup=0)}
+        first, last, plane = want[isa]
+        assert rows["/features/features.1/Conv"]["variant"] == first
+        assert rows["/classifier/classifier.4/Gemm"]["variant"] == last
+        assert rows["/features/features.4/Conv"]["variant"] == plane
+        assert rows["/features/features.4/Conv"]["kernel"] == f"layer/planes ({plane})"
+        assert all(L["variant"].split(" ")[1] in RUNS[isa] for L in rows.values() if L["variant"])
+
+
 def test_bench_given_inputs_no_int8(capsys):
     code = main(["bench", str(MODEL), "--runs", "3", "--warmup", "0", "--inputs", str(INPUTS), "--no-int8", "--quiet"])
     stdout, err = capsys.readouterr()

@@ -43,15 +43,27 @@ typedef struct {         /* values: (float)(acc + off[co]) * mul[co] + bias[co];
     const int32_t *off;  /* integer accumulator offset (removed constant channels) */
 } qcc_affine;
 
+/* Whether the threshold count starts from its float guess: where floats are hardware. A
+ * soft-float build (__SOFTFP__: Cortex-M0/M3, or an M4 built without an FPU ABI) searches
+ * instead, so its integer layers call no float helper. Define QCC_FLOAT_GUESS 0 or 1 to choose. */
+#ifndef QCC_FLOAT_GUESS
+#ifdef __SOFTFP__
+#define QCC_FLOAT_GUESS 0
+#else
+#define QCC_FLOAT_GUESS 1
+#endif
+#endif
+
 /* #{j : sign * acc >= thr[co][j]}, thresholds ascending. Few thresholds: a binary search. Many
  * (8-bit outputs: 255): they are nearly evenly spaced (a uniform quantizer after an affine
  * fold), so the count is guessed by one float product, k ~ (s - thr[0]) / spacing. Where
  * render.py proved the guess the count or one less for every s (thresholds evenly spaced up to
  * a rounding), one probe ends it; else it is stepped to the exact answer: the steps stop at
- * thr[k-1] <= s < thr[k], which only the true count satisfies, whatever the guess. */
+ * thr[k-1] <= s < thr[k], which only the true count satisfies, whatever the guess. Without
+ * QCC_FLOAT_GUESS, many thresholds are searched too (8 steps for 255). */
 static inline int32_t qcc_threshold_count(const qcc_thresholds *t, int32_t co, int32_t acc) {
     const int32_t s = t->sign[co] * acc, *thr = t->thr + (size_t)co * t->nthr;
-    if (t->guess_f) {
+    if (QCC_FLOAT_GUESS && t->guess_f) {
         const int32_t n = t->nthr;
         if (s < thr[0]) return 0;
         if (s >= thr[n - 1]) return n;

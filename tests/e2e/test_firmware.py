@@ -125,6 +125,28 @@ def test_cortex_m_c_builds_without_warnings_or_64_bit_helpers(tmp_path):
     assert any(s.startswith("__aeabi_f") for (f, abi), syms in undefined.items() if abi == "soft" for s in syms)
 
 
+@needs_cc
+@pytest.mark.skipif(shutil.which("arm-none-eabi-nm") is None, reason="arm-none-eabi-nm is not installed")
+def test_soft_float_threshold_count_calls_no_float_helper(tmp_path):
+    """Built soft float, the threshold count (the integer layers' output transform) searches and
+    calls no float helper; forced to its float guess it does (so the check can fail)."""
+    from qcc.codegen.render import RUNTIME_DIR
+
+    src = tmp_path / "count.c"
+    src.write_text('#include "qcc_rt.h"\n'
+                   "int32_t count(const qcc_thresholds *t, int32_t co, int32_t acc) { return qcc_threshold_count(t, co, acc); }\n")
+
+    def helpers(*flags):
+        obj = tmp_path / "count.o"
+        subprocess.run([CM.cc, *CM.cflags, *fw.FLOAT_ABI["soft"], *STRICT, *flags, "-I", str(RUNTIME_DIR), "-c", str(src),
+                        "-o", str(obj)], check=True, capture_output=True, text=True)
+        nm = subprocess.run(["arm-none-eabi-nm", "-u", str(obj)], capture_output=True, text=True, check=True).stdout
+        return [ln.split()[-1] for ln in nm.splitlines() if "__aeabi_" in ln]
+
+    assert helpers() == []
+    assert {"__aeabi_ui2f", "__aeabi_fmul"} <= set(helpers("-DQCC_FLOAT_GUESS=1"))
+
+
 def test_cortex_m_target_renders_the_scalar_kernels(tmp_path):
     b = qcc.compile(MODELS / "digits_w1a1.onnx", tmp_path, target="cortex-m", name="digits")
     text = b.c.read_text()

@@ -903,6 +903,13 @@ def test_iconv_layer(p, isa):
     check_on(isa, layer_case(p))
 
 
+@pytest.mark.parametrize("p", [p for p in ICONV_ALL if p.out in ("i16q", "i16w")], ids=str)
+def test_threshold_count_without_the_float_guess(p):
+    """A soft-float build (QCC_FLOAT_GUESS 0, which __SOFTFP__ selects) searches an 8-bit output's
+    255 thresholds instead of starting from the float guess: the oracle's levels all the same."""
+    check(layer_case(p), cflags=("-DQCC_FLOAT_GUESS=0",))
+
+
 # ------------------------------------ integer layer by dot products (dconv: AVX-512 VNNI, AVX2 int16)
 
 DCONV_CASES = [

@@ -469,7 +469,7 @@ def _unpack(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
 
 def _ew(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     x = p.g.tensors[n.inputs[0]]
-    spec = KernelSpec("ew", f"f32_L{i}", next(i for i in RUNS[u.isa] if i in EW_ISAS),
+    spec = KernelSpec("ew", f"f32_L{i}", next(isa for isa in RUNS[u.isa] if isa in EW_ISAS),
                       params=(("rounding", ROUNDING), ("source", n.attrs.source), ("steps", n.attrs.steps)))
     fn = u.use(spec)
     consts = [u.array(f"L{i}_k{j}", "float", s.const) for j, s in

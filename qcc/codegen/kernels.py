@@ -138,9 +138,12 @@ RUNS = {"scalar": ("scalar",), "avx2": ("avx2", "scalar"), "avx512": ("avx512", 
         "neon": ("neon", "scalar")}
 
 
-def variants(family: str, operands: str, isa: str = "scalar") -> Iterator[KernelSpec]:
-    """The declared variants for (family, operands) that a CPU of ``isa`` runs, best first (RUNS)."""
-    return (k for want in RUNS[isa] for k in KERNELS if (k.family, k.operands, k.isa) == (family, operands, want))
+def variants(family: str, operands: str | None, isa: str = "scalar", **params) -> Iterator[KernelSpec]:
+    """The declared variants for (family, operands) that a CPU of ``isa`` runs, best first (RUNS);
+    ``operands`` None: any, and ``params`` that the variant has those parameter values."""
+    return (k for want in RUNS[isa] for k in KERNELS
+            if (k.family, k.isa) == (family, want) and operands in (None, k.operands)
+            and all(k.param(key) == v for key, v in params.items()))
 
 
 def find(family: str, operands: str, isa: str = "scalar") -> KernelSpec:

@@ -15,7 +15,7 @@ import jinja2
 import numpy as np
 
 import qcc
-from qcc.codegen.kernels import EW_ISAS, KERNEL_DIR, KERNELS, KMAJOR_MAX_C, MAX_K, MAX_K2, MAX_TAPS, RUNS, KernelSpec, find, variants
+from qcc.codegen.kernels import EW_ISAS, KERNEL_DIR, KMAJOR_MAX_C, MAX_K, MAX_K2, MAX_TAPS, RUNS, KernelSpec, find, variants
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node
 from qcc.ir.kernels_ref import pack_bits, plane_words, words
@@ -376,7 +376,8 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         xs, ws = a.x_spec, a.w_spec
         return [im2col_call, f"{gemm}({col}, {wt}, {cws}, {cwt}, {xs.lo}, {xs.step}, {ws.lo}, {ws.step}, {wplanes}, "
                              f"&{geom}, {ps}, {out}, {yp});"]
-    dot = next((s for s in _dot_convs(a.out, u.isa) if x.dtype == "i16" and _fits_dot(a, s, x.shape, y.shape)), None)
+    dot = next((s for s in variants("dconv", None, u.isa, out=a.out) if x.dtype == "i16" and _fits_dot(a, s, x.shape, y.shape)),
+               None)
     if dot:
         gs, nb = dot.param("group"), dot.nr  # a window row's kw x ci levels padded to groups of gs
         rq, co_pad = -(-kw * cig // gs), -(-co // nb) * nb
@@ -413,11 +414,6 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
     wt = u.array(f"{pre}_weight", "float", a.weight, f"weights [{co}][{kh}][{kw}][{cig}]")
     fn = u.kernel(("fconv", "f32_f32"))
     return [f"{fn}({p(n.inputs[0], True)}, {wt}, &{geom}, {out}, {yp});"]
-
-
-def _dot_convs(out: str, isa: str) -> list[KernelSpec]:
-    """The dot-product convs (dconv) a CPU of ``isa`` runs, best first."""
-    return [k for want in RUNS[isa] for k in KERNELS if (k.family, k.isa, k.param("out")) == ("dconv", want, out)]
 
 
 def _dconv_band_row(x_shape, y_shape, a, group: int) -> int:

@@ -48,7 +48,7 @@ import pytest
 
 from qcc.codegen import render as render_mod
 from qcc.codegen.build import build, host_isa
-from qcc.codegen.kernels import EW_ISAS, KMAJOR_MAX_C, KERNELS, RUNS, KernelSpec
+from qcc.codegen.kernels import EW_ISAS, KMAJOR_MAX_C, KERNELS, RUNS, KernelSpec, variants
 from qcc.codegen.render import RUNTIME_DIR, render
 from qcc.ir import interp
 from qcc.ir.graph import Graph, Node, Tensor
@@ -925,7 +925,8 @@ DCONV_CASES = [
     ConvCase("i8", "w8", 1026, 64, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="i16s"),  # 1 row, odd K/4: two chains
     ConvCase("i8", "w8", 512, 2, hw=(3, 3), out="f32_off", data="extreme"),  # |acc| up to 7.5e7 > 2^24
     ConvCase("u8", "i8", 1200, 3, hw=(3, 3), out="i16", data="extreme"),  # K 10800
-    # bands: rows of 102 x 64 bytes, 8 output rows a band (3 bands), stride 2, batch, c % 4
+    # bands: rows of 102 x 64 bytes, 8 output rows a band (3 bands), stride 2, batch, window rows of kw * c
+    # levels not a multiple of 4
     ConvCase("i8", "w8", 64, 40, hw=(20, 100), out="i16q", n=2),
     ConvCase("u8", "w8", 62, 33, hw=(23, 130), s=(2, 2), pads=(1, 0, 2, 1), out="f32_mb"),
     ConvCase("i8", "i8", 3, 8, hw=(40, 30), k=(3, 7), pads=(1, 3, 1, 3), out="i16w"),
@@ -934,7 +935,8 @@ DCONV_CASES = [
     ConvCase("i8", "w8", 5, 6, hw=(2, 2), k=(1, 1), pads=(1, 1, 1, 1), out="f32_mb"),  # windows all padding
     ConvCase("i8", "w8", 7, 9, hw=(2, 3), k=(5, 5), pads=(2, 2, 2, 2), out="u2"),  # padding on both sides of a row
     # beyond the VNNI conv's bytes (AVX2's int16 conv): weights past int8, levels past a byte, the
-    # widest span (hi - lo = 32767) with an odd channel count (a padded channel a pixel)
+    # widest span (hi - lo = 32767) with 17 channels (odd window rows of 51 levels: the last pair reads
+    # into the next pixel, and at the band's end into its slack)
     ConvCase("i2", "i9", 16, 20, hw=(5, 5), out="i16w", feed="i16"),
     ConvCase("u9", "w8", 33, 17, hw=(6, 7), s=(2, 2), pads=(1, 0, 2, 1), out="f32_mb", n=2),
     ConvCase("i15", "i9", 17, 16, hw=(4, 5), out="f32_off", data="extreme"),
@@ -956,8 +958,7 @@ def _dot_fits(p: ConvCase, spec: KernelSpec) -> bool:
 
 def _dot(p: ConvCase, isa: str) -> str | None:
     """The ISA of the dot-product conv that takes p under ``isa`` (best first), or None."""
-    return next((k.isa for want in RUNS[isa] for k in KERNELS
-                 if k.family == "dconv" and k.isa == want and k.param("out") == "f32" and _dot_fits(p, k)), None)
+    return next((k.isa for k in variants("dconv", None, isa, out="f32") if _dot_fits(p, k)), None)
 
 
 def _int_family(p: ConvCase, isa: str) -> str:

@@ -54,6 +54,9 @@ EW_ISAS = ("scalar", "avx2")  # the elementwise chain's variants (one kernel per
 # AVX2 bit-plane GEMMs: from this many rows on, blocks of 8 output channels have their weights
 # split into nibbles once (a stack buffer of split_max_kv 256-bit vectors per weight plane, 24 KiB)
 SPLIT = dict(split_min_rows=4, split_max_kv=48)
+# ... and from lut_min_rows rows on, blocks of 64 channels go by table lookup (lut_tile), their weights
+# split into a stack buffer of 1 KiB per row word, up to lut_max_ps words (72 KiB)
+LUT = dict(lut_min_rows=16, lut_max_ps=72)
 CHUNK = 16  # AVX-512 bit-plane GEMMs: rows whose padded taps are listed at once (16 x MAX_TAPS bytes of stack)
 # (input planes, weight planes) of every plane layer the lowering makes: the AVX-512 plane GEMM
 # has one tile per pair of counts (render.py gives other counts the AVX2 variant)
@@ -75,9 +78,9 @@ KERNELS: tuple[KernelSpec, ...] = (
     _k("quantize", "round_bits", "avx2", mode="round", out="bits"),
     _k("im2col", "b64"),
     *(_k("bgemm", f"pm1xpm1_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
-    *(_k("bgemm", f"pm1xpm1_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS, **SPLIT) for out in OUTS),
+    *(_k("bgemm", f"pm1xpm1_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS, **SPLIT, **LUT) for out in OUTS),
     *(_k("pgemm", f"planes_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
-    *(_k("pgemm", f"planes_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS, **SPLIT) for out in OUTS),
+    *(_k("pgemm", f"planes_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS, **SPLIT, **LUT) for out in OUTS),
     # x86-64 with AVX-512 VPOPCNTDQ (and F, BW, VL): the popcount GEMMs count with vpopcntq, 8
     # output channels a vector, on weights interleaved by blocks of wblock columns (render.py)
     *(_k("bgemm", f"pm1xpm1_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS, chunk=CHUNK, wblock=8) for out in OUTS),

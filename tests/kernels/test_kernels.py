@@ -756,6 +756,14 @@ BGEMM_CASES = (
         ConvCase("pm1", "pm1", 3, 64, hw=(5, 5), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="f32_mul", n=2),
         ConvCase("pm1", "pm1", 65, 63, hw=(3, 5), k=(1, 3), s=(1, 2), pads=(1, 1, 0, 0), out="u1", n=2),
         ConvCase("pm1", "pm1", 16, 16, hw=(17, 17), k=(16, 16), pads=(0, 0, 0, 0), out="i16"),  # 256 taps, the max
+        # AVX2 table blocks (lut_tile: 64 channels, 2 rows, from 16 rows on): all-ones XORs over
+        # 288 row bytes (the byte counts widened every 63), then 8 channels by a split block and 3
+        # by the packed tiles; the longest rows the table buffer takes (ps 72); an odd row count
+        # (the last row goes as both of a pair) over two blocks and a batch; rows one word too long
+        ConvCase("pm1", "pm1", 256, 75, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
+        ConvCase("pm1", "pm1", 512, 64, hw=(4, 5), k=(3, 3), out="pm1"),
+        ConvCase("pm1", "pm1", 64, 128, hw=(3, 7), k=(3, 3), s=(1, 1), out="u2", n=3),
+        ConvCase("pm1", "pm1", 520, 64, hw=(4, 4), k=(3, 3), out="i16"),
     ]
 )
 
@@ -830,6 +838,12 @@ PGEMM_CASES = (
         ConvCase("i2", "i2", 128, 128, hw=(4, 4), k=(3, 3), out="i16", data="extreme"),
         ConvCase("t", "i2", 16, 4, hw=(17, 17), k=(16, 16), pads=(0, 0, 0, 0), out="u1"),  # 256 taps, the max
         ConvCase("u3", "t", 65, 5, hw=(4, 4), k=(3, 3), out="i16", feed="bits"),  # 3 planes: beyond the lowering's policy
+        # AVX2 table blocks (from 16 rows on, 64 channels): w1a2 at its largest counts over 288 row
+        # bytes, then a split block and the packed tiles; 2 x 2 planes with ps x wplanes = 72 (the
+        # buffer's most) over an odd row count; 3 input planes (sums shifted by up to 3)
+        ConvCase("u2", "pm1", 256, 75, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
+        ConvCase("u2", "i2", 256, 64, hw=(3, 7), k=(3, 3), out="u2", n=3),
+        ConvCase("u3", "t", 100, 64, hw=(4, 4), k=(3, 3), out="i16", feed="bits"),
     ]
 )
 

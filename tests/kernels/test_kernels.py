@@ -413,7 +413,7 @@ def grid_input(spec: QuantSpec, shape, rng, mode: str = "", corner_lo: bool = Fa
       ``lo + step * clip(k, 0, L - 1)``.
 
     ``corner_lo`` puts the lowest level at pixel (0, 0); ``extreme`` uses only the ends of the grid
-    (bipolar: the first sample is all +1).
+    (bipolar: the first sample is all +1; round: the first half of the channels is all hi).
     """
     c = shape[1]
     mode = mode or ("sign" if spec.bipolar else "round" if spec.step == 1 else "thresholds")
@@ -433,8 +433,9 @@ def grid_input(spec: QuantSpec, shape, rng, mode: str = "", corner_lo: bool = Fa
         assert spec.step == 1
         scale = rng.choice(np.array([0.25, 0.5, 1.0, 2.0], F32), c)
         zero = int(rng.integers(-2, 3))
-        if extreme:
+        if extreme:  # the first half of the channels all hi: every row has long runs of the top code
             t = rng.choice(np.array([spec.lo - 2, spec.lo, spec.hi, spec.hi + 2]), shape)
+            t[:, :max(1, c // 2)] = spec.hi
         else:
             t = rng.integers(spec.lo - 2, spec.hi + 3, shape)
         f = rng.choice(np.array([0.0, 0.25, -0.25]), shape)
@@ -756,13 +757,17 @@ BGEMM_CASES = (
         ConvCase("pm1", "pm1", 3, 64, hw=(5, 5), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="f32_mul", n=2),
         ConvCase("pm1", "pm1", 65, 63, hw=(3, 5), k=(1, 3), s=(1, 2), pads=(1, 1, 0, 0), out="u1", n=2),
         ConvCase("pm1", "pm1", 16, 16, hw=(17, 17), k=(16, 16), pads=(0, 0, 0, 0), out="i16"),  # 256 taps, the max
-        # AVX2 table blocks (lut_tile: 64 channels, 2 rows, from 16 rows on): all-ones XORs over
-        # 288 row bytes (the byte counts widened every 63), then 8 channels by a split block and 3
-        # by the packed tiles; the longest rows the table buffer takes (ps 72); an odd row count
-        # (the last row goes as both of a pair) over two blocks and a batch; rows one word too long
+        # AVX2 table blocks (lut_tile, from 16 rows on: 128 channels and 2 rows a tile where the
+        # buffer holds them, else 64 and 4): all-ones XORs over 576 nibble steps (the byte counts
+        # widened every 63), then 8 channels by a split block and 3 by the packed tiles; the longest
+        # rows the buffer takes (ps 72); 63 rows (the last tile repeats the last row) over blocks of
+        # 128 and 128; 128 + 64 + 8 channels over 25 rows; ps 36, the most for blocks of 128; rows
+        # one word too long for the buffer
         ConvCase("pm1", "pm1", 256, 75, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
         ConvCase("pm1", "pm1", 512, 64, hw=(4, 5), k=(3, 3), out="pm1"),
-        ConvCase("pm1", "pm1", 64, 128, hw=(3, 7), k=(3, 3), s=(1, 1), out="u2", n=3),
+        ConvCase("pm1", "pm1", 64, 256, hw=(3, 7), k=(3, 3), s=(1, 1), out="u2", n=3),
+        ConvCase("pm1", "pm1", 128, 200, hw=(5, 5), k=(3, 3), out="i16"),
+        ConvCase("pm1", "pm1", 256, 128, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
         ConvCase("pm1", "pm1", 520, 64, hw=(4, 4), k=(3, 3), out="i16"),
     ]
 )
@@ -838,11 +843,14 @@ PGEMM_CASES = (
         ConvCase("i2", "i2", 128, 128, hw=(4, 4), k=(3, 3), out="i16", data="extreme"),
         ConvCase("t", "i2", 16, 4, hw=(17, 17), k=(16, 16), pads=(0, 0, 0, 0), out="u1"),  # 256 taps, the max
         ConvCase("u3", "t", 65, 5, hw=(4, 4), k=(3, 3), out="i16", feed="bits"),  # 3 planes: beyond the lowering's policy
-        # AVX2 table blocks (from 16 rows on, 64 channels): w1a2 at its largest counts over 288 row
-        # bytes, then a split block and the packed tiles; 2 x 2 planes with ps x wplanes = 72 (the
-        # buffer's most) over an odd row count; 3 input planes (sums shifted by up to 3)
+        # AVX2 table blocks (from 16 rows on; a 2-bit row's table sums both planes): w1a2 at its
+        # largest entries (12 a step, widened every 21) then a split block and the packed tiles;
+        # 2 x 2 planes with ps x wplanes = 72 (the buffer's most) over 63 rows; one input plane
+        # (4 a step, widened every 63: 256 channels of ones) in a block of 128; 3 input planes go
+        # the split way
         ConvCase("u2", "pm1", 256, 75, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
         ConvCase("u2", "i2", 256, 64, hw=(3, 7), k=(3, 3), out="u2", n=3),
+        ConvCase("u1", "pm1", 512, 128, hw=(4, 4), k=(1, 1), pads=(0, 0, 0, 0), out="i16", data="extreme"),
         ConvCase("u3", "t", 100, 64, hw=(4, 4), k=(3, 3), out="i16", feed="bits"),
     ]
 )

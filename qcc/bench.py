@@ -219,37 +219,52 @@ def _weight_bytes(session, twin) -> dict:
 
 
 # ----------------------------------------------------------------------------- the ceiling
-CEILING_WORDS = 64  # a row and 8 split columns of 64 words: 8.5 KiB, in L1
+def _pop(a: np.ndarray) -> int:
+    return int(np.unpackbits(a.view(np.uint8)).sum())
 
 
 @dataclass(frozen=True)
 class _Tile:
-    """An ISA's bit-plane GEMM tile, as the ceiling calls it: 1 row x 8 columns of CEILING_WORDS."""
+    """An ISA's bit-plane GEMM tile, as the ceiling calls it: `rows` rows by `cols` columns of
+    `words` 64-bit words each (qcc_ceiling_row, qcc_ceiling_w), every operand in L1."""
     template: str   # renders the tile's functions, named qcc_ceiling_*
+    rows: int
+    cols: int
+    words: int
     prepare: str    # C run once before the loop
-    call: str       # C expression: the 8 columns' counts, an __m256i
+    call: str       # C statement: one call of the tile, adding two of its counts to `sum`
     target: str     # the C target attribute
+    expect: Callable[[np.ndarray, np.ndarray], int]  # those two counts, from the row and weight words
 
 
-CEILING_KV = CEILING_WORDS // 4  # its 256-bit vectors
 CEILING_TILES = {
-    "avx2": _Tile('{% import "popcount_avx2.c.j2" as p %}{{ p.split_tile("qcc_ceiling", "xor") }}',
-                  f"static __m256i ws[{CEILING_KV} * 16]; qcc_ceiling_split(qcc_ceiling_w, {CEILING_WORDS}, {CEILING_KV}, ws);",
-                  f"qcc_ceiling_stile(qcc_ceiling_row, ws, {CEILING_KV})", "avx2,popcnt"),
-    "avx512": _Tile('{% import "popcount_avx512.c.j2" as p %}{{ p.ptile("qcc_ceiling", 1, 1, "xor") }}', "",
-                    f"_mm512_cvtepi64_epi32(qcc_ceiling_ptile1x1(qcc_ceiling_row, {CEILING_WORDS}, qcc_ceiling_w, {CEILING_WORDS}))",
-                    "avx2,popcnt,avx512f,avx512bw,avx512vl,avx512vpopcntdq"),
+    # the table tile: 2 rows x 128 columns of 12 words (its split weights 24 KiB)
+    "avx2": _Tile('{% import "popcount_avx2.c.j2" as p %}{{ p.lut_tile("qcc_ceiling", "xor") }}', 2, 128, 12,
+                  "static uint8_t ws[4 * 512 * 12] __attribute__((aligned(32))), ix[2][16 * 12];"
+                  " qcc_ceiling_lsplit(qcc_ceiling_w, 12, 3, 4, ws);"
+                  " qcc_ceiling_lindex(qcc_ceiling_row, 12, 1, 96, ix[0]); qcc_ceiling_lindex(qcc_ceiling_row + 12, 12, 1, 96, ix[1]);",
+                  "{ int32_t acc[256] = {0}; qcc_ceiling_ltile(4, ix[0], sizeof ix[0], 192, ws, qcc_lut_xor, 63, 0, acc);"
+                  " sum += acc[0] + acc[255]; }", "avx2,popcnt",
+                  lambda r, w: _pop(r[:12] ^ w[:12]) + _pop(r[12:] ^ w[127 * 12:])),
+    # the vpopcntq tile: 1 row x 8 columns interleaved word by word, of 64 words
+    "avx512": _Tile('{% import "popcount_avx512.c.j2" as p %}{{ p.ptile("qcc_ceiling", 1, 1, "xor") }}', 1, 8, 64, "",
+                    "{ int32_t raw[8]; _mm256_storeu_si256((__m256i *)raw, _mm512_cvtepi64_epi32("
+                    "qcc_ceiling_ptile1x1(qcc_ceiling_row, 64, qcc_ceiling_w, 64))); sum += raw[0] + raw[7]; }",
+                    "avx2,popcnt,avx512f,avx512bw,avx512vl,avx512vpopcntdq",
+                    lambda r, w: _pop(r ^ w[0::8]) + _pop(r ^ w[7::8])),
 }
 _ceiling_cache: dict[str, float] = {}
+_ROW_MUL, _W_MUL = 0x9e3779b97f4a7c15, 0xc2b2ae3d27d4eb4f  # the operands: word i is MUL * (i + 1), (i + 7)
 
 
 def popcount_ceiling(isa: str, seconds: float = 0.3) -> float | None:
     """Bit-MACs per second of the bare XNOR-popcount microkernel on L1-resident operands.
 
-    It is the bit-plane GEMMs' own inner tile for the ISA (avx2: popcount_avx2.c.j2's split
-    tile, 1 row x 8 columns whose nibbles were split beforehand; avx512: popcount_avx512.c.j2's
-    vpopcntq tile, 1 row x 8 interleaved columns), called in a loop with nothing else: the
-    most a binary layer can reach here. Measured once per process; None for ISAs without a SIMD tile."""
+    It is the bit-plane GEMMs' own inner tile for the ISA (avx2: popcount_avx2.c.j2's table
+    tile, 2 rows x 128 columns, the weights split and the rows' index bytes made beforehand;
+    avx512: popcount_avx512.c.j2's vpopcntq tile, 1 row x 8 interleaved columns), called in a
+    loop with nothing else: the most a binary layer can reach here. Its counts are checked once
+    against numpy. Measured once per process; None for ISAs without a SIMD tile."""
     tile = CEILING_TILES.get(isa)
     if tile is None:
         return None
@@ -260,21 +275,20 @@ def popcount_ceiling(isa: str, seconds: float = 0.3) -> float | None:
     from qcc.codegen.build import CFLAGS, cache_dir
     from qcc.codegen.render import RUNTIME_DIR, environment
 
+    nrow, nw = tile.rows * tile.words, tile.cols * tile.words
     source = f"""
 #include "qcc_rt.h"
 #include <immintrin.h>
 {environment().from_string(tile.template).render()}
-static uint64_t qcc_ceiling_row[{CEILING_WORDS}], qcc_ceiling_w[8 * {CEILING_WORDS}];
+static uint64_t qcc_ceiling_row[{nrow}], qcc_ceiling_w[{nw}];
 __attribute__((target("{tile.target}")))
 int64_t qcc_ceiling_run(int64_t reps) {{
-    int32_t raw[8];
     int64_t sum = 0;
-    for (int i = 0; i < {CEILING_WORDS}; i++) qcc_ceiling_row[i] = 0x9e3779b97f4a7c15ULL * (uint64_t)(i + 1);
-    for (int i = 0; i < 8 * {CEILING_WORDS}; i++) qcc_ceiling_w[i] = 0xc2b2ae3d27d4eb4fULL * (uint64_t)(i + 7);
+    for (int i = 0; i < {nrow}; i++) qcc_ceiling_row[i] = {_ROW_MUL:#x}ULL * (uint64_t)(i + 1);
+    for (int i = 0; i < {nw}; i++) qcc_ceiling_w[i] = {_W_MUL:#x}ULL * (uint64_t)(i + 7);
     {tile.prepare}
     for (int64_t r = 0; r < reps; r++) {{
-        _mm256_storeu_si256((__m256i *)raw, {tile.call});
-        sum += raw[0] + raw[7];
+        {tile.call}
         __asm__ volatile("" ::: "memory");  /* every call runs (memory may have changed), yet calls stay
                                                independent, as a layer's rows are */
     }}
@@ -293,7 +307,11 @@ int64_t qcc_ceiling_run(int64_t reps) {{
     spec = importlib.util.spec_from_file_location(module, so)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    bits_per_call = 8 * CEILING_WORDS * 64
+    row = np.arange(1, nrow + 1, dtype=np.uint64) * np.uint64(_ROW_MUL)
+    w = np.arange(7, nw + 7, dtype=np.uint64) * np.uint64(_W_MUL)
+    if mod.lib.qcc_ceiling_run(1) != tile.expect(row, w):
+        raise RuntimeError(f"the {isa} popcount ceiling's tile miscounts")
+    bits_per_call = tile.rows * tile.cols * tile.words * 64
     reps = 1000
     mod.lib.qcc_ceiling_run(reps)  # warm up
     while True:

@@ -54,9 +54,9 @@ EW_ISAS = ("scalar", "avx2")  # the elementwise chain's variants (one kernel per
 # AVX2 bit-plane GEMMs: from this many rows on, blocks of 8 output channels have their weights
 # split into nibbles once (a stack buffer of split_max_kv 256-bit vectors per weight plane, 24 KiB)
 SPLIT = dict(split_min_rows=4, split_max_kv=48)
-# ... and before them, from lut_min_rows rows on, blocks of 64 or 128 channels go by table lookup
-# (lut_tile), their weights split into a stack buffer (72 KiB) of 1 KiB per row word and 64 channels
-LUT = dict(lut_min_rows=16, lut_max_ps=72)
+# ... and before them, from lut_min_rows rows on, blocks of 128, 64 or 32 channels go by table lookup
+# (lut_tile), their weights split into a stack buffer of lut_bytes (512 a row word and 32 channels)
+LUT = dict(lut_min_rows=16, lut_bytes=72 << 10)
 CHUNK = 16  # AVX-512 bit-plane GEMMs: rows whose padded taps are listed at once (16 x MAX_TAPS bytes of stack)
 # (input planes, weight planes) of every plane layer the lowering makes: the AVX-512 plane GEMM
 # has one tile per pair of counts (render.py gives other counts the AVX2 variant)

@@ -154,8 +154,9 @@ def test_bench_png_without_matplotlib_is_one_line(tmp_path, capsys):
 
 
 def test_popcount_ceiling_of_each_isa_this_cpu_runs():
-    """qcc bench's ceiling compiles and runs the ISA's own GEMM tile (avx2: the split nibble tile,
-    avx512: the vpopcntq tile), on every x86 ISA this CPU runs; portable ISAs have none."""
+    """qcc bench's ceiling compiles and runs the ISA's own GEMM tile (avx2: the table tile,
+    avx512: the vpopcntq tile), on every x86 ISA this CPU runs, its counts checked against numpy
+    (popcount_ceiling raises otherwise); portable ISAs have none."""
     from qcc.bench import CEILING_TILES, popcount_ceiling
     from qcc.codegen.build import host_isa
     from qcc.codegen.kernels import RUNS

@@ -757,18 +757,19 @@ BGEMM_CASES = (
         ConvCase("pm1", "pm1", 3, 64, hw=(5, 5), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="f32_mul", n=2),
         ConvCase("pm1", "pm1", 65, 63, hw=(3, 5), k=(1, 3), s=(1, 2), pads=(1, 1, 0, 0), out="u1", n=2),
         ConvCase("pm1", "pm1", 16, 16, hw=(17, 17), k=(16, 16), pads=(0, 0, 0, 0), out="i16"),  # 256 taps, the max
-        # AVX2 table blocks (lut_tile, from 16 rows on: 128 channels and 2 rows a tile where the
-        # buffer holds them, else 64 and 4): all-ones XORs over 576 nibble steps (the byte counts
-        # widened every 63), then 8 channels by a split block and 3 by the packed tiles; the longest
-        # rows the buffer takes (ps 72); 63 rows (the last tile repeats the last row) over blocks of
-        # 128 and 128; 128 + 64 + 8 channels over 25 rows; ps 36, the most for blocks of 128; rows
-        # one word too long for the buffer
+        # AVX2 table blocks (lut_tile, from 16 rows on: 128, 64 or 32 channels, as many as the
+        # buffer holds, with 2, 4 or 8 rows a tile): all-ones XORs over 576 nibble steps (the byte
+        # counts widened every 63), then 8 channels by a split block and 3 by the packed tiles;
+        # rows of ps 72 (64 channels at most) and 144 (32 at most, all-ones again); 63 rows (the last
+        # tile repeats the last row) over blocks of 128; 128 + 64 + 32 + 8 channels over 25 rows;
+        # ps 36, the most for blocks of 128; rows one word too long for the buffer
         ConvCase("pm1", "pm1", 256, 75, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
         ConvCase("pm1", "pm1", 512, 64, hw=(4, 5), k=(3, 3), out="pm1"),
+        ConvCase("pm1", "pm1", 1024, 64, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
         ConvCase("pm1", "pm1", 64, 256, hw=(3, 7), k=(3, 3), s=(1, 1), out="u2", n=3),
-        ConvCase("pm1", "pm1", 128, 200, hw=(5, 5), k=(3, 3), out="i16"),
+        ConvCase("pm1", "pm1", 128, 232, hw=(5, 5), k=(3, 3), out="i16"),
         ConvCase("pm1", "pm1", 256, 128, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
-        ConvCase("pm1", "pm1", 520, 64, hw=(4, 4), k=(3, 3), out="i16"),
+        ConvCase("pm1", "pm1", 1040, 32, hw=(4, 4), k=(3, 3), out="i16"),
     ]
 )
 
@@ -845,11 +846,12 @@ PGEMM_CASES = (
         ConvCase("u3", "t", 65, 5, hw=(4, 4), k=(3, 3), out="i16", feed="bits"),  # 3 planes: beyond the lowering's policy
         # AVX2 table blocks (from 16 rows on; a 2-bit row's table sums both planes): w1a2 at its
         # largest entries (12 a step, widened every 21) then a split block and the packed tiles;
-        # 2 x 2 planes with ps x wplanes = 72 (the buffer's most) over 63 rows; one input plane
-        # (4 a step, widened every 63: 256 channels of ones) in a block of 128; 3 input planes go
-        # the split way
+        # 2 x 2 planes with ps x wplanes = 72 over 63 rows; 144 (32 channels a block, 8 rows a
+        # tile) over 16 rows; one input plane (4 a step, widened every 63: 256 channels of ones) in
+        # a block of 128; 3 input planes go the split way
         ConvCase("u2", "pm1", 256, 75, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
         ConvCase("u2", "i2", 256, 64, hw=(3, 7), k=(3, 3), out="u2", n=3),
+        ConvCase("u2", "i2", 512, 96, hw=(4, 4), k=(3, 3), out="i16", data="extreme"),
         ConvCase("u1", "pm1", 512, 128, hw=(4, 4), k=(1, 1), pads=(0, 0, 0, 0), out="i16", data="extreme"),
         ConvCase("u3", "t", 100, 64, hw=(4, 4), k=(3, 3), out="i16", feed="bits"),
     ]

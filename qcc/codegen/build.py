@@ -75,6 +75,14 @@ void {name}_profile_read(double *out, int n) {{
 """
 
 
+def _cdef(name: str, profile: bool) -> str:
+    """What Python sees of the library. The run's buffers are void pointers, so that a numpy
+    array goes in as ``ffi.from_buffer(a)``, without a type for cffi to check (75 ns less a
+    buffer, on calls of a few microseconds)."""
+    return (f"int {name}_run(const void *input, void *output, void *arena);\nint {name}_cpu_supported(void);\n"
+            + (f"void {name}_profile_read(double *out, int n);\n" if profile else ""))
+
+
 def build(sources: Sources, name: str, extra_cflags: tuple[str, ...] = (), profile: bool = False):
     """Compile and load the model; returns the cffi ``(ffi, lib)`` pair. With ``profile``, the
     library also has ``<name>_profile_read(double *ns, int n)`` (nanoseconds per kernel call
@@ -82,7 +90,7 @@ def build(sources: Sources, name: str, extra_cflags: tuple[str, ...] = (), profi
     flags = CFLAGS + list(extra_cflags)
     rt = (RUNTIME_DIR / "qcc_rt.h").read_text()
     key = hashlib.sha256("\0".join([qcc.__version__, sources.c, sources.h, rt, " ".join(flags), name,
-                                     str(profile)]).encode()).hexdigest()[:24]
+                                     _cdef(name, profile)]).encode()).hexdigest()[:24]
     module = f"_qcc_{name}_{key}"
     final = cache_dir() / key
     so = next(final.glob(f"{module}*.so"), None) if final.exists() else None
@@ -138,12 +146,8 @@ def _compile(sources: Sources, name: str, module: str, flags: list[str], final: 
         for fname, text in sources.files(name).items():
             (tmp / fname).write_text(text)
         ffi = cffi.FFI()
-        ffi.cdef(f"int {name}_run(const float *input, float *output, void *arena);\n"
-                 f"int {name}_cpu_supported(void);")
-        harness = f'#include "{name}.h"\n'
-        if profile:
-            ffi.cdef(f"void {name}_profile_read(double *out, int n);")
-            harness += PROFILE_HARNESS.format(name=name)
+        ffi.cdef(_cdef(name, profile))
+        harness = f'#include "{name}.h"\n' + (PROFILE_HARNESS.format(name=name) if profile else "")
         ffi.set_source(module, harness, sources=[str(tmp / f"{name}.c")],
                        include_dirs=[str(tmp)], extra_compile_args=flags)
         with _captured_output(tmp / "compiler.log") as log:

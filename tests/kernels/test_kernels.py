@@ -760,16 +760,16 @@ BGEMM_CASES = (
         # AVX2 table blocks (lut_tile, from 16 rows on: 128, 64 or 32 channels, as many as the
         # buffer holds, with 2, 4 or 8 rows a tile): all-ones XORs over 576 nibble steps (the byte
         # counts widened every 63), then 8 channels by a split block and 3 by the packed tiles;
-        # rows of ps 72 (64 channels at most) and 144 (32 at most, all-ones again); 63 rows (the last
-        # tile repeats the last row) over blocks of 128; 128 + 64 + 32 + 8 channels over 25 rows;
-        # ps 36, the most for blocks of 128; rows one word too long for the buffer
+        # rows of ps 72, the longest (64 channels at most: 64 + 32, all-ones again); 63 rows (the
+        # last tile repeats the last row) over blocks of 128; 128 + 64 + 32 + 8 channels over 25
+        # rows; ps 36, the most for blocks of 128; rows one word too long for the index
         ConvCase("pm1", "pm1", 256, 75, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
         ConvCase("pm1", "pm1", 512, 64, hw=(4, 5), k=(3, 3), out="pm1"),
-        ConvCase("pm1", "pm1", 1024, 64, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
+        ConvCase("pm1", "pm1", 512, 96, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
         ConvCase("pm1", "pm1", 64, 256, hw=(3, 7), k=(3, 3), s=(1, 1), out="u2", n=3),
         ConvCase("pm1", "pm1", 128, 232, hw=(5, 5), k=(3, 3), out="i16"),
         ConvCase("pm1", "pm1", 256, 128, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
-        ConvCase("pm1", "pm1", 1040, 32, hw=(4, 4), k=(3, 3), out="i16"),
+        ConvCase("pm1", "pm1", 520, 64, hw=(4, 4), k=(3, 3), out="i16"),
     ]
 )
 

@@ -864,6 +864,32 @@ def test_pgemm_layer(p, isa):
     check_on(isa, layer_case(p))
 
 
+def _table_cases(n: int, seed: int) -> list[ConvCase]:
+    """Random layers for the AVX2 table tiles: at least 16 output pixels and 32 channels, any
+    input channels, kernel, stride and pads, binary or on planes (both input planes' codes in
+    one table), so that blocks of 128, 64 and 32 channels, the split and packed tails, odd row
+    counts and rows of any length meet."""
+    rng = np.random.default_rng(seed)
+    pairs = [("pm1", "pm1"), ("pm1", "pm1"), ("u2", "pm1"), ("u2", "i2"), ("i2", "t"), ("u1", "o2"), ("t", "pm1")]
+    outs = ("f32", "pm1", "u2", "i16")
+    cases = []
+    for i in range(n):
+        x, w = pairs[int(rng.integers(len(pairs)))]
+        k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+        s = (int(rng.integers(1, 3)), 1)
+        pads = tuple(int(rng.integers(0, kk)) for kk in (k[0], k[1], k[0], k[1]))
+        hw = (int(rng.integers(4, 11)) * s[0] + k[0], int(rng.integers(4, 11)) + k[1])
+        cases.append(ConvCase(x, w, int(rng.integers(1, 300)), int(rng.integers(32, 300)), hw=hw, k=k, s=s,
+                              pads=(pads[0], pads[1], pads[2], pads[3]), out=outs[i % len(outs)]))
+    return cases
+
+
+@pytest.mark.parametrize("p", _table_cases(10, 2026), ids=str)
+def test_table_tiles_on_random_layers(p):
+    """The AVX2 bit-plane GEMMs on random layers that their table tiles take, against the oracle."""
+    check_on("avx2", layer_case(p))
+
+
 def test_avx512_plane_gemm_leaves_unlisted_plane_counts_to_avx2():
     """The avx512 plane GEMM has a tile for each (input, weight) plane count the lowering makes;
     a layer with others (3 input planes here) is rendered with the AVX2 variant instead."""

@@ -1,7 +1,5 @@
 """Regressions found by mutating valid models (tests/data/bad/ holds the ones that must be
 refused): these must compile and agree with onnxruntime."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 

@@ -510,12 +510,10 @@ class _Builder:
                 m = 0
                 for j in range(2):
                     qj = b["q"][0] if b.get("same_q") else b["q"][j]
-                    rj = 0 if b.get("same_q") else j
                     br, bm = self.conv(x, shape, xmax, b, i, b["couts"][j], 1, qj["w"], qj["a"],
                                        qj.get("round", "ROUND"), part=j, expose=False)
                     parts.append(br)
                     m = max(m, bm)
-                    del rj
                 x = self.g.node("Concat", parts, axis=1)
                 xmax = m
                 if b.get("out"):
@@ -624,15 +622,12 @@ def _uninit_model(spec, calib):
 def build(spec: dict, samples: int = 24) -> Case:
     """The model of ``spec``, with BatchNorm means and MultiThreshold thresholds calibrated on
     the fed inputs (layer by layer, so every layer sees ties), its feeds and compared outputs."""
-    from qcc.frontend.reference import run_reference
-
     spec = copy.deepcopy(spec)
     shapes(spec)  # raises InvalidSpec
     feeds = feeds_for(spec, samples)
     calib = {k: np.asarray(v, np.float32) for k, v in spec.get("calib", {}).items()}
     if "calib" not in spec:
         b, model = _uninit_model(spec, calib)
-        todo = [f"bn{j}" for j in range(len(b.bn_inputs))] + [k for k, _, _ in b.mt_inputs]
         # calibrate in graph order: each pass fixes one more quantity on the values it really sees
         order = _graph_order(b, model)
         for key in order:
@@ -647,7 +642,6 @@ def build(spec: dict, samples: int = 24) -> Case:
                 steps = next(s for k, _, s in b.mt_inputs if k == key)
                 idx = np.linspace(0, len(srt) - 1, steps + 2)[1:-1].astype(int)
                 calib[key] = srt[idx].T.astype(np.float32).copy()
-        del todo
         spec["calib"] = {k: v.tolist() for k, v in calib.items()}
     b, model = _uninit_model(spec, calib)
     return Case(spec, model, feeds, list(dict.fromkeys(b.exact)), list(dict.fromkeys(b.approx)))

@@ -73,10 +73,6 @@ def compare(names, got, want, exact, approx) -> str | None:
 def run_case(spec: dict, target: str = "native", samples: int = 24, runner=None) -> Outcome:
     """Build, compile and compare one spec. ``runner(case, target) -> list of outputs`` replaces
     the InferenceSession (e.g. a sanitized standalone program)."""
-    from qcc import InferenceSession
-    from qcc.errors import QccError
-    from qcc.frontend.reference import run_reference
-
     try:
         case = fuzzgen.build(spec, samples)
     except fuzzgen.InvalidSpec as e:

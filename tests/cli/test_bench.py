@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import onnx
 import onnxruntime as ort
 
@@ -165,6 +166,25 @@ def test_popcount_ceiling_of_each_isa_this_cpu_runs():
     for isa in CEILING_TILES.keys() & set(RUNS[host_isa()]):
         rate = popcount_ceiling(isa, seconds=0.05)
         assert rate > 1e9 and popcount_ceiling(isa) == rate  # bit-MACs per second, measured once
+
+
+def test_popcount_ceiling_refuses_a_tile_that_miscounts(monkeypatch):
+    """The ceiling's count check can fail: told to expect one count less, it raises rather than
+    time a tile whose counts are wrong."""
+    import dataclasses
+
+    import qcc.bench as bench
+    from qcc.codegen.build import host_isa
+    from qcc.codegen.kernels import RUNS
+
+    isa = next((i for i in RUNS[host_isa()] if i in bench.CEILING_TILES), None)
+    if isa is None:
+        pytest.skip("this CPU runs no SIMD popcount tile")
+    tile = bench.CEILING_TILES[isa]
+    monkeypatch.setitem(bench.CEILING_TILES, isa, dataclasses.replace(tile, expect=lambda r, w: tile.expect(r, w) - 1))
+    monkeypatch.setattr(bench, "_ceiling_cache", {})
+    with pytest.raises(RuntimeError, match="miscounts"):
+        bench.popcount_ceiling(isa, seconds=0.01)
 
 
 def test_bench_weights_are_the_benchmarked_bundles():

@@ -81,7 +81,7 @@ def _onnx_fp32_weight_bytes(path) -> int:
 
 
 def _c_weight_bytes(c: str) -> int:
-    sizes = {"uint64_t": 8, "int16_t": 2, "int8_t": 1, "float": 4}
+    sizes = {"uint64_t": 8, "int16_t": 2, "int8_t": 1, "uint8_t": 1, "float": 4}
     return sum(sizes[t] * int(k) for t, k in re.findall(r"static const (\w+) L\d+_weight\[(\d+)\]", c))
 
 

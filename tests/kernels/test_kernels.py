@@ -638,6 +638,12 @@ class ConvCase:
     data: str = ""  # f32 input: int | float | quant | unpacked; levels input: "" | extreme
     feed: str = ""  # levels input: "" (quantized into its storage) | "bits" | "i16" (bits widened by unpack)
 
+    @property
+    def rows(self) -> int:
+        """Output pixels over the batch: the bit-plane GEMMs' rows."""
+        (h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr) = self.hw, self.k, self.s, self.pads
+        return self.n * ((h + pt + pb - kh) // sh + 1) * ((w + pl + pr - kw) // sw + 1)
+
     def __str__(self) -> str:
         s = (f"{self.x}x{self.w}-ci{self.ci}-co{self.co}-{self.hw[0]}x{self.hw[1]}-k{self.k[0]}x{self.k[1]}"
              f"-s{self.s[0]}{self.s[1]}-p{''.join(map(str, self.pads))}-{self.out}")
@@ -770,6 +776,14 @@ BGEMM_CASES = (
         ConvCase("pm1", "pm1", 128, 232, hw=(5, 5), k=(3, 3), out="i16"),
         ConvCase("pm1", "pm1", 256, 128, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
         ConvCase("pm1", "pm1", 520, 64, hw=(4, 4), k=(3, 3), out="i16"),
+        # AVX2 tiles for few rows (lut_rows, up to 15 rows: 4, 2 or 1 a tile; one row takes 128
+        # channels a step, more rows 64): 15 rows (4 + 4 + 4 + 2 + 1) over 100 channels (64 + 36,
+        # padded columns); 3 rows of all-ones XORs over 1152 row bytes (3 segments of the index,
+        # counts widened every 31 bytes); one row over 129 channels (128 + 1); the batch-1 FC
+        ConvCase("pm1", "pm1", 130, 100, hw=(3, 5), k=(3, 3), out="u2"),
+        ConvCase("pm1", "pm1", 1024, 40, hw=(1, 3), k=(3, 3), pads=(1, 1, 1, 1), out="f32", data="extreme"),
+        ConvCase("pm1", "pm1", 300, 129, hw=(3, 3), k=(3, 3), pads=(0, 0, 0, 0), out="pm1"),
+        ConvCase("pm1", "pm1", 1024, 1024, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="f32"),
     ]
 )
 
@@ -854,6 +868,12 @@ PGEMM_CASES = (
         ConvCase("u2", "i2", 512, 96, hw=(4, 4), k=(3, 3), out="i16", data="extreme"),
         ConvCase("u1", "pm1", 512, 128, hw=(4, 4), k=(1, 1), pads=(0, 0, 0, 0), out="i16", data="extreme"),
         ConvCase("u3", "t", 100, 64, hw=(4, 4), k=(3, 3), out="i16", feed="bits"),
+        # AVX2 tiles for few rows: 2-bit rows at the table's largest entries (24 a row byte,
+        # widened every 10) over 3 segments of the index, 9 rows, 2 weight planes; one input plane,
+        # one row, 97 channels; 3 input planes go the general way
+        ConvCase("u2", "i2", 1024, 40, hw=(3, 3), k=(3, 3), out="f32", data="extreme"),
+        ConvCase("u1", "pm1", 200, 97, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="u2", data="extreme"),
+        ConvCase("u3", "t", 70, 33, hw=(2, 2), k=(3, 3), out="i16", feed="bits"),
     ]
 )
 
@@ -864,11 +884,12 @@ def test_pgemm_layer(p, isa):
     check_on(isa, layer_case(p))
 
 
-def _table_cases(n: int, seed: int) -> list[ConvCase]:
+def _table_cases(n: int, seed: int, few: bool = False) -> list[ConvCase]:
     """Random layers for the AVX2 table tiles: at least 16 output pixels and 32 channels, any
     input channels, kernel, stride and pads, binary or on planes (both input planes' codes in
     one table), so that blocks of 128, 64 and 32 channels, the split and packed tails, odd row
-    counts and rows of any length meet."""
+    counts and rows of any length meet; with ``few``, 1 to 15 output pixels and any channels
+    (the tiles for few rows, on weights stored split)."""
     rng = np.random.default_rng(seed)
     pairs = [("pm1", "pm1"), ("pm1", "pm1"), ("u2", "pm1"), ("u2", "i2"), ("i2", "t"), ("u1", "o2"), ("t", "pm1")]
     outs = ("f32", "pm1", "u2", "i16")
@@ -878,16 +899,32 @@ def _table_cases(n: int, seed: int) -> list[ConvCase]:
         k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
         s = (int(rng.integers(1, 3)), 1)
         pads = tuple(int(rng.integers(0, kk)) for kk in (k[0], k[1], k[0], k[1]))
-        hw = (int(rng.integers(4, 11)) * s[0] + k[0], int(rng.integers(4, 11)) + k[1])
-        cases.append(ConvCase(x, w, int(rng.integers(1, 300)), int(rng.integers(32, 300)), hw=hw, k=k, s=s,
+        if few:  # output rows oh * ow <= 15, with the pads counted
+            oh, ow = int(rng.integers(1, 4)), int(rng.integers(1, 6))
+            hw = (max((oh - 1) * s[0] + k[0] - pads[0] - pads[2], 1), max(ow - 1 + k[1] - pads[1] - pads[3], 1))
+        else:
+            hw = (int(rng.integers(4, 11)) * s[0] + k[0], int(rng.integers(4, 11)) + k[1])
+        cases.append(ConvCase(x, w, int(rng.integers(1, 300)), int(rng.integers(1 if few else 32, 300)), hw=hw, k=k, s=s,
                               pads=(pads[0], pads[1], pads[2], pads[3]), out=outs[i % len(outs)]))
     return cases
 
 
-@pytest.mark.parametrize("p", _table_cases(10, 2026), ids=str)
+@pytest.mark.parametrize("p", _table_cases(10, 2026) + _table_cases(10, 2027, few=True), ids=str)
 def test_table_tiles_on_random_layers(p):
     """The AVX2 bit-plane GEMMs on random layers that their table tiles take, against the oracle."""
     check_on("avx2", layer_case(p))
+
+
+def test_avx2_gemm_for_few_rows_takes_layers_below_16_rows():
+    """The AVX2 GEMMs for few rows (weights stored split by columns) take the layers of up to 15
+    output rows and at most 2 input planes; 16 rows, or 3 input planes, take the general ones."""
+    cases = BGEMM_CASES + PGEMM_CASES
+    few = [p for p in cases if p.rows <= 15]
+    assert len(few) > 10 and any(GRIDS[p.x].bits > 2 for p in few) and any(p.rows == 15 for p in few)
+    for p in [*few, *(p for p in cases if p.rows == 16)]:
+        ks = {k for k in _kernels_of(render(planned(layer_case(p)), MODEL, isa="avx2").c) if re.match("qcc_[bp]gemm_", k)}
+        shape = "4x64" if p.rows <= 15 and GRIDS[p.x].bits <= 2 else "2x4"
+        assert len(ks) == 1 and ks.pop().endswith(f"_{shape}__avx2"), (str(p), p.rows)
 
 
 def test_avx512_plane_gemm_leaves_unlisted_plane_counts_to_avx2():

@@ -238,12 +238,16 @@ class _Tile:
 
 
 CEILING_TILES = {
-    # the table tile: 2 rows x 128 columns of 12 words (its split weights 24 KiB)
-    "avx2": _Tile('{% import "popcount_avx2.c.j2" as p %}{{ p.lut_tile("qcc_ceiling", "xor") }}', 2, 128, 12,
-                  "static uint8_t ws[4 * 512 * 12] __attribute__((aligned(32))); static uint16_t ix[2][16 * 12];"
-                  " qcc_ceiling_lsplit(qcc_ceiling_w, 12, 3, 4, ws);"
+    # the table tile: 2 rows x 128 columns of 12 words (its split weights 24 KiB), the weights
+    # stored split by blocks of 32 columns (wc) as a layer's are
+    "avx2": _Tile('{% import "popcount_avx2.c.j2" as p %}{{ p.lut_index("qcc_ceiling", "xor") }}'
+                  '{{ p.lut_tile("qcc_ceiling", "xor") }}', 2, 128, 12,
+                  "static uint8_t wc[4 * 96 * 32], ws[4 * 64 * 96] __attribute__((aligned(32))); static uint16_t ix[2][2 * 96];"
+                  " for (int k = 0; k < 128; k++) for (int b = 0; b < 96; b++)"
+                  " wc[(k / 32 * 96 + b) * 32 + k % 32] = ((const uint8_t *)qcc_ceiling_w)[k * 96 + b];"
+                  " qcc_ceiling_lsplit(wc, 96 * 32, 96, 4, ws);"
                   " qcc_ceiling_lindex(qcc_ceiling_row, 12, 1, 96, ix[0]); qcc_ceiling_lindex(qcc_ceiling_row + 12, 12, 1, 96, ix[1]);",
-                  "{ int32_t acc[256] = {0}; qcc_ceiling_ltile(4, ix[0], 16 * 12, 192, ws, &qcc_lut_xor[0][0], 63, 0, acc);"
+                  "{ int32_t acc[256] = {0}; qcc_ceiling_ltile(4, ix[0], 2 * 96, 192, ws, &qcc_lut_xor[0][0], 63, 0, acc);"
                   " sum += acc[0] + acc[255]; }", "avx2,popcnt",
                   lambda r, w: _pop(r[:12] ^ w[:12]) + _pop(r[12:] ^ w[127 * 12:])),
     # the vpopcntq tile: 1 row x 8 columns interleaved word by word, of 64 words

@@ -38,8 +38,8 @@ class KernelSpec:
         return f"qcc_{self.family}_{self.operands}_{self.mr}x{self.nr}__{self.isa}"
 
     @property
-    def template(self) -> str:  # a family's second variant for an ISA names its own template
-        return f"{self.family}/{self.param('template', self.isa)}.c.j2"
+    def template(self) -> str:
+        return f"{self.family}/{self.isa}.c.j2"
 
     def variables(self) -> dict[str, Any]:
         return dict(self.params, fn=self.name, mr=self.mr, nr=self.nr)
@@ -51,16 +51,12 @@ def _k(family: str, operands: str, isa: str = "scalar", mr: int = 1, nr: int = 1
 
 OUTS = ("f32", "bits", "i16")
 EW_ISAS = ("scalar", "avx2")  # the elementwise chain's variants (one kernel per chain, rendered from its steps)
-# AVX2 bit-plane GEMMs: from this many rows on, blocks of 8 output channels have their weights
-# split into nibbles once (a stack buffer of split_max_kv 256-bit vectors per weight plane, 24 KiB)
-SPLIT = dict(split_min_rows=4, split_max_kv=48)
-# ... and before them, from lut_min_rows rows on, blocks of 128, 64 or 32 channels go by table lookup
-# (lut_tile), their weights split into a stack buffer of lut_bytes (512 a row word and 32 channels)
-LUT = dict(lut_min_rows=16, lut_bytes=72 << 10)
-# ... and layers of fewer rows (at most 2 input planes) take the table tiles for few rows
-# (lut_rows), their weights stored split by blocks of cblock columns (render.py); the rows'
-# index covers seg row bytes of a plane at a time (4 x 2 x seg bytes of stack)
-ROWS = dict(max_rows=LUT["lut_min_rows"] - 1, max_xp=2, cblock=32, seg=512, template="avx2_rows")
+# AVX2 bit-plane GEMMs, by table lookup (popcount_avx2.c.j2) on weights stored split by blocks of
+# cblock columns (render.py): from lut_min_rows rows on, blocks of up to 128 channels have their
+# nibbles taken apart once per call into a stack buffer of lut_bytes (64 a row byte and 32
+# channels), and the rows' index covers lut_nb row bytes (8 rows x 2 x lut_nb bytes of stack);
+# fewer rows, or longer ones, take the tiles that split the weights in the loop
+LUT = dict(lut_min_rows=16, lut_bytes=72 << 10, lut_nb=576, cblock=32)
 CHUNK = 16  # AVX-512 bit-plane GEMMs: rows whose padded taps are listed at once (16 x MAX_TAPS bytes of stack)
 # (input planes, weight planes) of every plane layer the lowering makes: the AVX-512 plane GEMM
 # has one tile per pair of counts (render.py gives other counts the AVX2 variant)
@@ -82,11 +78,9 @@ KERNELS: tuple[KernelSpec, ...] = (
     _k("quantize", "round_bits", "avx2", mode="round", out="bits"),
     _k("im2col", "b64"),
     *(_k("bgemm", f"pm1xpm1_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
-    *(_k("bgemm", f"pm1xpm1_{out}", "avx2", mr=4, nr=64, out=out, max_taps=MAX_TAPS, **ROWS) for out in OUTS),
-    *(_k("bgemm", f"pm1xpm1_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS, **SPLIT, **LUT) for out in OUTS),
+    *(_k("bgemm", f"pm1xpm1_{out}", "avx2", mr=8, nr=128, out=out, max_taps=MAX_TAPS, **LUT) for out in OUTS),
     *(_k("pgemm", f"planes_{out}", out=out, max_taps=MAX_TAPS) for out in OUTS),
-    *(_k("pgemm", f"planes_{out}", "avx2", mr=4, nr=64, out=out, max_taps=MAX_TAPS, **ROWS) for out in OUTS),
-    *(_k("pgemm", f"planes_{out}", "avx2", mr=2, nr=4, out=out, max_taps=MAX_TAPS, **SPLIT, **LUT) for out in OUTS),
+    *(_k("pgemm", f"planes_{out}", "avx2", mr=8, nr=128, out=out, max_taps=MAX_TAPS, **LUT) for out in OUTS),
     # x86-64 with AVX-512 VPOPCNTDQ (and F, BW, VL): the popcount GEMMs count with vpopcntq, 8
     # output channels a vector, on weights interleaved by blocks of wblock columns (render.py)
     *(_k("bgemm", f"pm1xpm1_{out}", "avx512", nr=8, out=out, max_taps=MAX_TAPS, chunk=CHUNK, wblock=8) for out in OUTS),

@@ -353,11 +353,8 @@ def _layer(u: Unit, p: _Ptr, i: int, n: Node) -> list[str]:
         key = ("bgemm", f"pm1xpm1_{a.out}") if binary else ("pgemm", f"planes_{a.out}")
         # the first variant along the ISA's fallbacks that takes these plane counts (the avx512
         # plane GEMM has tiles for the counts the lowering makes: a widened test layer may have more)
-        # and this many rows (the AVX2 GEMM for few rows)
-        xbits, nrows = a.x_spec.bits, _rows(y.shape)
         spec = next(s for s in variants(*key, isa=u.isa)
-                    if (xbits, wplanes) in s.param("plane_pairs", ((xbits, wplanes),))
-                    and nrows <= s.param("max_rows", nrows) and xbits <= s.param("max_xp", xbits))
+                    if (a.x_spec.bits, wplanes) in s.param("plane_pairs", ((a.x_spec.bits, wplanes),)))
         gemm = u.use(spec)
         rows = _weight_rows(codes, wplanes, ps)
         if spec.param("cblock"):

@@ -638,12 +638,6 @@ class ConvCase:
     data: str = ""  # f32 input: int | float | quant | unpacked; levels input: "" | extreme
     feed: str = ""  # levels input: "" (quantized into its storage) | "bits" | "i16" (bits widened by unpack)
 
-    @property
-    def rows(self) -> int:
-        """Output pixels over the batch: the bit-plane GEMMs' rows."""
-        (h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr) = self.hw, self.k, self.s, self.pads
-        return self.n * ((h + pt + pb - kh) // sh + 1) * ((w + pl + pr - kw) // sw + 1)
-
     def __str__(self) -> str:
         s = (f"{self.x}x{self.w}-ci{self.ci}-co{self.co}-{self.hw[0]}x{self.hw[1]}-k{self.k[0]}x{self.k[1]}"
              f"-s{self.s[0]}{self.s[1]}-p{''.join(map(str, self.pads))}-{self.out}")
@@ -748,9 +742,9 @@ BGEMM_CASES = (
         ConvCase("pm1", "pm1", 65, 65, hw=(4, 5), k=(1, 3), pads=(0, 1, 0, 1), out="pm1"),
         ConvCase("pm1", "pm1", 65, 67, hw=(4, 4), k=(3, 3), out="i16w"),
         ConvCase("pm1", "pm1", 65, 70, hw=(4, 4), k=(3, 3), out="i16q"),
-        # AVX2: rows longer than the split buffer (kv 50 > split_max_kv) stay on the packed tiles
-        # all-ones XORs (channel 1's weights are all -1) over more than 31 vectors: the byte counts
-        # must be widened in time, in the split tile (9 rows, kv 36) and in the packed row tile (1 row, kv 32)
+        # all-ones XORs (channel 1's weights are all -1) over long rows: the byte counts must be
+        # widened in time; AVX2's tiles for few rows over 2 segments of the rows' index (9 rows of
+        # 1152 row bytes; 1 row of 1024), and 3 segments (9 rows of 1600)
         ConvCase("pm1", "pm1", 1024, 8, hw=(3, 3), k=(3, 3), out="f32", data="extreme"),
         ConvCase("pm1", "pm1", 8192, 4, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="f32", data="extreme"),
         ConvCase("pm1", "pm1", 512, 9, hw=(3, 3), k=(5, 5), pads=(2, 2, 2, 2), out="pm1"),
@@ -763,12 +757,12 @@ BGEMM_CASES = (
         ConvCase("pm1", "pm1", 3, 64, hw=(5, 5), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="f32_mul", n=2),
         ConvCase("pm1", "pm1", 65, 63, hw=(3, 5), k=(1, 3), s=(1, 2), pads=(1, 1, 0, 0), out="u1", n=2),
         ConvCase("pm1", "pm1", 16, 16, hw=(17, 17), k=(16, 16), pads=(0, 0, 0, 0), out="i16"),  # 256 taps, the max
-        # AVX2 table blocks (lut_tile, from 16 rows on: 128, 64 or 32 channels, as many as the
-        # buffer holds, with 2, 4 or 8 rows a tile): all-ones XORs over 576 nibble steps (the byte
-        # counts widened every 63), then 8 channels by a split block and 3 by the packed tiles;
-        # rows of ps 72, the longest (64 channels at most: 64 + 32, all-ones again); 63 rows (the
-        # last tile repeats the last row) over blocks of 128; 128 + 64 + 32 + 8 channels over 25
-        # rows; ps 36, the most for blocks of 128; rows one word too long for the index
+        # AVX2 tiles for many rows (lut_tile, from 16 rows on: 128, 64 or 32 channels, as many as
+        # the buffer holds, 2, 4 or 8 rows a tile): all-ones XORs over 576 nibble steps (the byte
+        # counts widened every 63), 64 + 11 channels (21 padded columns); rows of 576 bytes, the
+        # longest (64 channels at most: 64 + 32, all-ones again); 63 rows (the last tile repeats
+        # the last row) over blocks of 128; 128 + 104 channels over 25 rows; 288 row bytes, the
+        # most for blocks of 128; rows 16 bytes too long for the index (the tiles for few rows)
         ConvCase("pm1", "pm1", 256, 75, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
         ConvCase("pm1", "pm1", 512, 64, hw=(4, 5), k=(3, 3), out="pm1"),
         ConvCase("pm1", "pm1", 512, 96, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
@@ -778,7 +772,7 @@ BGEMM_CASES = (
         ConvCase("pm1", "pm1", 520, 64, hw=(4, 4), k=(3, 3), out="i16"),
         # AVX2 tiles for few rows (lut_rows, up to 15 rows: 4, 2 or 1 a tile; one row takes 128
         # channels a step, more rows 64): 15 rows (4 + 4 + 4 + 2 + 1) over 100 channels (64 + 36,
-        # padded columns); 3 rows of all-ones XORs over 1152 row bytes (3 segments of the index,
+        # padded columns); 3 rows of all-ones XORs over 1152 row bytes (2 segments of the index,
         # counts widened every 31 bytes); one row over 129 channels (128 + 1); the batch-1 FC
         ConvCase("pm1", "pm1", 130, 100, hw=(3, 5), k=(3, 3), out="u2"),
         ConvCase("pm1", "pm1", 1024, 40, hw=(1, 3), k=(3, 3), pads=(1, 1, 1, 1), out="f32", data="extreme"),
@@ -841,7 +835,7 @@ PGEMM_CASES = (
         ConvCase("u2", "t", 65, 100, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="i16"),
         ConvCase("i2", "i2", 64, 65, hw=(5, 5), k=(3, 3), out="u2"),
         ConvCase("u2", "t", 64, 66, hw=(4, 4), k=(3, 3), out="i16w"),
-        # AVX2: 81 rows, two blocks of the split path's row sums; 2 weight planes x kv 25 > split_max_kv
+        # AVX2: 81 rows; 9 rows of 800 row bytes (2 segments of the index), 2 weight planes
         ConvCase("u2", "pm1", 65, 17, hw=(9, 9), k=(3, 3), out="u2"),
         ConvCase("u2", "i2", 256, 9, hw=(3, 3), k=(5, 5), pads=(2, 2, 2, 2), out="f32_mb"),
         ConvCase("pm1", "t", 3, 63, hw=(7, 7), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="f32_mb"),
@@ -858,19 +852,19 @@ PGEMM_CASES = (
         ConvCase("i2", "i2", 128, 128, hw=(4, 4), k=(3, 3), out="i16", data="extreme"),
         ConvCase("t", "i2", 16, 4, hw=(17, 17), k=(16, 16), pads=(0, 0, 0, 0), out="u1"),  # 256 taps, the max
         ConvCase("u3", "t", 65, 5, hw=(4, 4), k=(3, 3), out="i16", feed="bits"),  # 3 planes: beyond the lowering's policy
-        # AVX2 table blocks (from 16 rows on; a 2-bit row's table sums both planes): w1a2 at its
-        # largest entries (12 a step, widened every 21) then a split block and the packed tiles;
-        # 2 x 2 planes with ps x wplanes = 72 over 63 rows; 144 (32 channels a block, 8 rows a
-        # tile) over 16 rows; one input plane (4 a step, widened every 63: 256 channels of ones) in
-        # a block of 128; 3 input planes go the split way
+        # AVX2 tiles for many rows (from 16 rows on; a 2-bit row's table sums both planes): w1a2 at
+        # its largest entries (12 a step, widened every 21), 64 + 11 channels; 2 x 2 planes over 63
+        # rows; 2 weight planes of 576 row bytes, the most the buffer holds (32 channels a block, 8
+        # rows a tile) over 16 rows; one input plane (4 a step, widened every 63: 256 channels of
+        # ones) in a block of 128; 3 input planes, a pass with both planes' table and one with one
         ConvCase("u2", "pm1", 256, 75, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
         ConvCase("u2", "i2", 256, 64, hw=(3, 7), k=(3, 3), out="u2", n=3),
         ConvCase("u2", "i2", 512, 96, hw=(4, 4), k=(3, 3), out="i16", data="extreme"),
         ConvCase("u1", "pm1", 512, 128, hw=(4, 4), k=(1, 1), pads=(0, 0, 0, 0), out="i16", data="extreme"),
         ConvCase("u3", "t", 100, 64, hw=(4, 4), k=(3, 3), out="i16", feed="bits"),
         # AVX2 tiles for few rows: 2-bit rows at the table's largest entries (24 a row byte,
-        # widened every 10) over 3 segments of the index, 9 rows, 2 weight planes; one input plane,
-        # one row, 97 channels; 3 input planes go the general way
+        # widened every 10) over 2 segments of the index, 9 rows, 2 weight planes; one input plane,
+        # one row, 97 channels; 3 input planes (two passes), 4 rows
         ConvCase("u2", "i2", 1024, 40, hw=(3, 3), k=(3, 3), out="f32", data="extreme"),
         ConvCase("u1", "pm1", 200, 97, hw=(1, 1), k=(1, 1), pads=(0, 0, 0, 0), out="u2", data="extreme"),
         ConvCase("u3", "t", 70, 33, hw=(2, 2), k=(3, 3), out="i16", feed="bits"),
@@ -887,9 +881,9 @@ def test_pgemm_layer(p, isa):
 def _table_cases(n: int, seed: int, few: bool = False) -> list[ConvCase]:
     """Random layers for the AVX2 table tiles: at least 16 output pixels and 32 channels, any
     input channels, kernel, stride and pads, binary or on planes (both input planes' codes in
-    one table), so that blocks of 128, 64 and 32 channels, the split and packed tails, odd row
-    counts and rows of any length meet; with ``few``, 1 to 15 output pixels and any channels
-    (the tiles for few rows, on weights stored split)."""
+    one table), so that blocks of 128, 64 and 32 channels, padded columns, odd row counts and
+    rows of any length meet; with ``few``, 1 to 15 output pixels and any channels (the tiles
+    for few rows)."""
     rng = np.random.default_rng(seed)
     pairs = [("pm1", "pm1"), ("pm1", "pm1"), ("u2", "pm1"), ("u2", "i2"), ("i2", "t"), ("u1", "o2"), ("t", "pm1")]
     outs = ("f32", "pm1", "u2", "i16")
@@ -913,18 +907,6 @@ def _table_cases(n: int, seed: int, few: bool = False) -> list[ConvCase]:
 def test_table_tiles_on_random_layers(p):
     """The AVX2 bit-plane GEMMs on random layers that their table tiles take, against the oracle."""
     check_on("avx2", layer_case(p))
-
-
-def test_avx2_gemm_for_few_rows_takes_layers_below_16_rows():
-    """The AVX2 GEMMs for few rows (weights stored split by columns) take the layers of up to 15
-    output rows and at most 2 input planes; 16 rows, or 3 input planes, take the general ones."""
-    cases = BGEMM_CASES + PGEMM_CASES
-    few = [p for p in cases if p.rows <= 15]
-    assert len(few) > 10 and any(GRIDS[p.x].bits > 2 for p in few) and any(p.rows == 15 for p in few)
-    for p in [*few, *(p for p in cases if p.rows == 16)]:
-        ks = {k for k in _kernels_of(render(planned(layer_case(p)), MODEL, isa="avx2").c) if re.match("qcc_[bp]gemm_", k)}
-        shape = "4x64" if p.rows <= 15 and GRIDS[p.x].bits <= 2 else "2x4"
-        assert len(ks) == 1 and ks.pop().endswith(f"_{shape}__avx2"), (str(p), p.rows)
 
 
 def test_avx512_plane_gemm_leaves_unlisted_plane_counts_to_avx2():

@@ -9,10 +9,11 @@ cycle, then the bounds they imply:
 
 - XNOR/AND-popcount (vpshufb nibble table): 8 vector ops per 256-bit pair of operands (xor,
   and, shift, and, two vpshufb, two byte adds), two of them vpshufb; 6 ops when both operands
-  are stored already split into nibbles; 6.375 for qcc's split tile (8 weight columns split
-  once per block, the row's split shared by the 8: 6 + 3/8); qcc's table tile (its AVX2 GEMMs
-  from 16 rows on) looks the weights' nibbles up in the row's 16-byte table of popcount(nibble
-  XOR n): one vpshufb and one byte add per 4 row bits x 32 columns, 2 ops per 128 bit-MACs;
+  are stored already split into nibbles; qcc's table tiles look the weights' nibbles up in the
+  row's 16-byte table of popcount(nibble XOR n): one vpshufb and one byte add per 4 row bits x
+  32 columns, 2 ops per 128 bit-MACs with the weights' nibbles taken apart beforehand (its
+  AVX2 GEMMs from 64 rows on), and 7 per 256 for one row when the loop takes them apart (and,
+  shift, and per 32 weight bytes: the batch-1 FC), 4.75 for 4 rows sharing that split;
 - int16 conv (vpmaddwd): 16 MACs per instruction;
 - u8 x s8 (vpmaddubsw): 32 MACs per instruction, but its int16 pair sums saturate (an exact
   kernel cannot use it on 8-bit activations), and the widening to int32 needs a vpmaddwd per
@@ -131,12 +132,12 @@ def main() -> None:
     bounds = {
         # per 256-bit operand pair: xor/and, and, srli, and, 2 vpshufb, 2 vpaddb = 8 vector ops
         "XNOR/AND-popcount (nibble table), bit-MACs": 256 * min(alu / 8, rates["pshufb"] / 2),
-        # qcc's split tile: weights split beforehand, the row split in registers for 8 columns
-        "  ... split tile (6 + 3/8 ops), bit-MACs": 256 * min(alu / 6.375, rates["pshufb"] / 2),
         # both operands stored as pre-split nibbles: 2 xor, 2 vpshufb, 2 vpaddb
         "  ... both operands pre-split (6 ops), bit-MACs": 256 * min(alu / 6, rates["pshufb"] / 2),
         # the table tile: the row's nibble table indexed by 32 columns' split nibbles, vpshufb + vpaddb
         "  ... table tile (vpshufb + vpaddb per 128), bit-MACs": 128 * min(alu / 2, rates["pshufb"]),
+        # the table tile for one row, the stored weight bytes' nibbles taken apart in the loop
+        "  ... table tile, 1 row (7 ops per 256), bit-MACs": 256 * min(alu / 7, rates["pshufb"] / 2),
         "int16 vpmaddwd, MACs": 16 * rates["pmaddwd"],
         "u8xs8 vpmaddubsw + vpmaddwd widening, MACs": 32 * min(rates["pmaddubsw"], rates["pmaddwd"]) / 2,
         "fp32 FMA, MACs": 8 * rates["fma"],

@@ -54,9 +54,10 @@ EW_ISAS = ("scalar", "avx2")  # the elementwise chain's variants (one kernel per
 # AVX2 bit-plane GEMMs, by table lookup (popcount_avx2.c.j2) on weights stored split by blocks of
 # cblock columns (render.py): from lut_min_rows rows on, blocks of up to 128 channels have their
 # nibbles taken apart once per call into a stack buffer of lut_bytes (64 a row byte and 32
-# channels), and the rows' index covers lut_nb row bytes (8 rows x 2 x lut_nb bytes of stack);
-# fewer rows, or longer ones, take the tiles that split the weights in the loop
-LUT = dict(lut_min_rows=16, lut_bytes=72 << 10, lut_nb=576, cblock=32)
+# channels); fewer rows, or longer ones, take the tiles that split the weights in the loop (in C,
+# w1a1 3x3 convs: 16 rows 19.2 us against 21.7 with the split, 36 rows 44.3 against 45.5, 64 rows
+# 7.8 against 7.3); the rows' index covers lut_nb row bytes (8 rows x 2 x lut_nb bytes of stack)
+LUT = dict(lut_min_rows=64, lut_bytes=72 << 10, lut_nb=576, cblock=32)
 CHUNK = 16  # AVX-512 bit-plane GEMMs: rows whose padded taps are listed at once (16 x MAX_TAPS bytes of stack)
 # (input planes, weight planes) of every plane layer the lowering makes: the AVX-512 plane GEMM
 # has one tile per pair of counts (render.py gives other counts the AVX2 variant)

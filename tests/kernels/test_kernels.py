@@ -757,20 +757,22 @@ BGEMM_CASES = (
         ConvCase("pm1", "pm1", 3, 64, hw=(5, 5), k=(3, 3), s=(2, 2), pads=(0, 1, 2, 1), out="f32_mul", n=2),
         ConvCase("pm1", "pm1", 65, 63, hw=(3, 5), k=(1, 3), s=(1, 2), pads=(1, 1, 0, 0), out="u1", n=2),
         ConvCase("pm1", "pm1", 16, 16, hw=(17, 17), k=(16, 16), pads=(0, 0, 0, 0), out="i16"),  # 256 taps, the max
-        # AVX2 tiles for many rows (lut_tile, from 16 rows on: 128, 64 or 32 channels, as many as
+        # AVX2 tiles for many rows (lut_tile, from 64 rows on: 128, 64 or 32 channels, as many as
         # the buffer holds, 2, 4 or 8 rows a tile): all-ones XORs over 576 nibble steps (the byte
         # counts widened every 63), 64 + 11 channels (21 padded columns); rows of 576 bytes, the
-        # longest (64 channels at most: 64 + 32, all-ones again); 63 rows (the last tile repeats
-        # the last row) over blocks of 128; 128 + 104 channels over 25 rows; 288 row bytes, the
-        # most for blocks of 128; rows 16 bytes too long for the index (the tiles for few rows)
-        ConvCase("pm1", "pm1", 256, 75, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
-        ConvCase("pm1", "pm1", 512, 64, hw=(4, 5), k=(3, 3), out="pm1"),
+        # longest (64 channels at most: 64 + 32, all-ones again); 75 rows (the last tile repeats
+        # the last row) over blocks of 128; 128 + 104 channels over 81 rows; 288 row bytes, the
+        # most for blocks of 128; rows 16 bytes too long for the buffer (64 rows by the tiles for
+        # few rows), and 16 rows of 576 bytes
+        ConvCase("pm1", "pm1", 256, 75, hw=(8, 8), k=(3, 3), out="f32", data="extreme"),
+        ConvCase("pm1", "pm1", 512, 64, hw=(8, 8), k=(3, 3), out="pm1"),
+        ConvCase("pm1", "pm1", 512, 96, hw=(8, 8), k=(3, 3), out="f32", data="extreme"),
+        ConvCase("pm1", "pm1", 64, 256, hw=(5, 5), k=(3, 3), s=(1, 1), out="u2", n=3),
+        ConvCase("pm1", "pm1", 128, 232, hw=(9, 9), k=(3, 3), out="i16"),
+        ConvCase("pm1", "pm1", 256, 128, hw=(8, 8), k=(3, 3), out="f32", data="extreme"),
+        ConvCase("pm1", "pm1", 520, 64, hw=(8, 8), k=(3, 3), out="i16"),
         ConvCase("pm1", "pm1", 512, 96, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
-        ConvCase("pm1", "pm1", 64, 256, hw=(3, 7), k=(3, 3), s=(1, 1), out="u2", n=3),
-        ConvCase("pm1", "pm1", 128, 232, hw=(5, 5), k=(3, 3), out="i16"),
-        ConvCase("pm1", "pm1", 256, 128, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
-        ConvCase("pm1", "pm1", 520, 64, hw=(4, 4), k=(3, 3), out="i16"),
-        # AVX2 tiles for few rows (lut_rows, up to 15 rows: 4, 2 or 1 a tile; one row takes 128
+        # AVX2 tiles for few rows (lut_rows, below 64 rows: 4, 2 or 1 a tile; one row takes 128
         # channels a step, more rows 64): 15 rows (4 + 4 + 4 + 2 + 1) over 100 channels (64 + 36,
         # padded columns); 3 rows of all-ones XORs over 1152 row bytes (2 segments of the index,
         # counts widened every 31 bytes); one row over 129 channels (128 + 1); the batch-1 FC
@@ -852,16 +854,18 @@ PGEMM_CASES = (
         ConvCase("i2", "i2", 128, 128, hw=(4, 4), k=(3, 3), out="i16", data="extreme"),
         ConvCase("t", "i2", 16, 4, hw=(17, 17), k=(16, 16), pads=(0, 0, 0, 0), out="u1"),  # 256 taps, the max
         ConvCase("u3", "t", 65, 5, hw=(4, 4), k=(3, 3), out="i16", feed="bits"),  # 3 planes: beyond the lowering's policy
-        # AVX2 tiles for many rows (from 16 rows on; a 2-bit row's table sums both planes): w1a2 at
-        # its largest entries (12 a step, widened every 21), 64 + 11 channels; 2 x 2 planes over 63
-        # rows; 2 weight planes of 576 row bytes, the most the buffer holds (32 channels a block, 8
-        # rows a tile) over 16 rows; one input plane (4 a step, widened every 63: 256 channels of
-        # ones) in a block of 128; 3 input planes, a pass with both planes' table and one with one
-        ConvCase("u2", "pm1", 256, 75, hw=(4, 4), k=(3, 3), out="f32", data="extreme"),
-        ConvCase("u2", "i2", 256, 64, hw=(3, 7), k=(3, 3), out="u2", n=3),
+        # AVX2 tiles for many rows (from 64 rows on; a 2-bit row's table sums both planes): w1a2 at
+        # its largest entries (12 a step, widened every 21), 64 + 11 channels; 2 x 2 planes over 75
+        # rows; 2 weight planes of 288 row bytes, the most the buffer holds for 64 channels (64 +
+        # 32); one input plane (4 a step, widened every 63: 256 channels of ones) in a block of
+        # 128; 3 input planes, a pass with both planes' table and one with one; 16 rows of 2 weight
+        # planes of 576 bytes (the tiles for few rows)
+        ConvCase("u2", "pm1", 256, 75, hw=(8, 8), k=(3, 3), out="f32", data="extreme"),
+        ConvCase("u2", "i2", 256, 64, hw=(5, 5), k=(3, 3), out="u2", n=3),
+        ConvCase("u2", "i2", 256, 96, hw=(8, 8), k=(3, 3), out="i16", data="extreme"),
+        ConvCase("u1", "pm1", 512, 128, hw=(8, 8), k=(1, 1), pads=(0, 0, 0, 0), out="i16", data="extreme"),
+        ConvCase("u3", "t", 100, 64, hw=(8, 8), k=(3, 3), out="i16", feed="bits"),
         ConvCase("u2", "i2", 512, 96, hw=(4, 4), k=(3, 3), out="i16", data="extreme"),
-        ConvCase("u1", "pm1", 512, 128, hw=(4, 4), k=(1, 1), pads=(0, 0, 0, 0), out="i16", data="extreme"),
-        ConvCase("u3", "t", 100, 64, hw=(4, 4), k=(3, 3), out="i16", feed="bits"),
         # AVX2 tiles for few rows: 2-bit rows at the table's largest entries (24 a row byte,
         # widened every 10) over 2 segments of the index, 9 rows, 2 weight planes; one input plane,
         # one row, 97 channels; 3 input planes (two passes), 4 rows
@@ -879,10 +883,10 @@ def test_pgemm_layer(p, isa):
 
 
 def _table_cases(n: int, seed: int, few: bool = False) -> list[ConvCase]:
-    """Random layers for the AVX2 table tiles: at least 16 output pixels and 32 channels, any
+    """Random layers for the AVX2 table tiles: at least 64 output pixels and 32 channels, any
     input channels, kernel, stride and pads, binary or on planes (both input planes' codes in
     one table), so that blocks of 128, 64 and 32 channels, padded columns, odd row counts and
-    rows of any length meet; with ``few``, 1 to 15 output pixels and any channels (the tiles
+    rows of any length meet; with ``few``, 1 to 63 output pixels and any channels (the tiles
     for few rows)."""
     rng = np.random.default_rng(seed)
     pairs = [("pm1", "pm1"), ("pm1", "pm1"), ("u2", "pm1"), ("u2", "i2"), ("i2", "t"), ("u1", "o2"), ("t", "pm1")]
@@ -893,11 +897,11 @@ def _table_cases(n: int, seed: int, few: bool = False) -> list[ConvCase]:
         k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
         s = (int(rng.integers(1, 3)), 1)
         pads = tuple(int(rng.integers(0, kk)) for kk in (k[0], k[1], k[0], k[1]))
-        if few:  # output rows oh * ow <= 15, with the pads counted
-            oh, ow = int(rng.integers(1, 4)), int(rng.integers(1, 6))
+        if few:  # output rows oh * ow <= 63, with the pads counted
+            oh, ow = int(rng.integers(1, 8)), int(rng.integers(1, 10))
             hw = (max((oh - 1) * s[0] + k[0] - pads[0] - pads[2], 1), max(ow - 1 + k[1] - pads[1] - pads[3], 1))
         else:
-            hw = (int(rng.integers(4, 11)) * s[0] + k[0], int(rng.integers(4, 11)) + k[1])
+            hw = (int(rng.integers(8, 12)) * s[0] + k[0], int(rng.integers(8, 12)) + k[1])
         cases.append(ConvCase(x, w, int(rng.integers(1, 300)), int(rng.integers(1 if few else 32, 300)), hw=hw, k=k, s=s,
                               pads=(pads[0], pads[1], pads[2], pads[3]), out=outs[i % len(outs)]))
     return cases
